@@ -1,0 +1,5 @@
+"""Optimization methods for scientific machine learning."""
+
+from opifex.optimization.core import Solution, Solver, SolverError, Status, solve, solve_batch
+
+__all__ = ["Solution", "Solver", "SolverError", "Status", "solve", "solve_batch"]
