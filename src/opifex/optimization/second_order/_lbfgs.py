@@ -1,0 +1,459 @@
+"""L-BFGS as a solver on the core protocol and as an optax gradient transformation.
+
+Both share the two-loop recursion over fixed-size ring buffers of curvature pairs and the
+line search of :mod:`opifex.optimization.second_order._linesearch`; parameters are flattened
+once per step with :func:`jax.flatten_util.ravel_pytree`, so any pytree of floats works and
+its dtype is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+from jax.scipy.linalg import solve_triangular
+
+from opifex.optimization.core import Solver, Status
+from opifex.optimization.second_order._linesearch import METHODS, line_search
+from opifex.optimization.second_order.config import LBFGSConfig
+
+
+class _Memory(NamedTuple):
+    s: jax.Array  # float [m, n], ring buffer of steps s_k = x_{k+1} - x_k (slot order)
+    y: jax.Array  # float [m, n], ring buffer of gradient changes y_k = g_{k+1} - g_k
+    sy: jax.Array  # float [m, m], s_i' y_j, pairs in chronological order (oldest first)
+    yy: jax.Array  # float [m, m], y_i' y_j, chronological order
+    head: jax.Array  # int32 [], slot the next accepted pair overwrites (the oldest)
+    gamma: jax.Array  # float [], initial inverse-Hessian scale H_0 = gamma * I
+
+
+class LBFGSState(NamedTuple):
+    """State of :func:`lbfgs_solver` (``n``: number of scalars in params, ``m``: memory)."""
+
+    count: jax.Array  # int32 [], iterations taken
+    status: jax.Array  # int32 [], Status code
+    value: jax.Array  # float [], objective at params
+    grad: jax.Array  # float [n], flattened gradient at params
+    memory: _Memory  # ring buffers of the last m pairs (s_k, y_k) and their inner products
+    stepsize: jax.Array  # float [], step accepted by the last line search
+    num_fun_evals: jax.Array  # int32 [], objective evaluations
+    num_grad_evals: jax.Array  # int32 [], gradient evaluations
+
+
+def _validate(
+    memory_size,
+    max_iterations,
+    gtol,
+    ftol,
+    learning_rate,
+    linesearch,
+    max_linesearch_steps,
+    c1,
+    c2,
+    curvature_eps,
+    scale_init_precond,
+) -> None:
+    # The config validates too; the factories may also be called directly.
+    LBFGSConfig(
+        memory_size=memory_size,
+        max_iterations=max_iterations,
+        gtol=gtol,
+        ftol=ftol,
+        learning_rate=learning_rate,
+        linesearch=linesearch,
+        max_linesearch_steps=max_linesearch_steps,
+        c1=c1,
+        c2=c2,
+        curvature_eps=curvature_eps,
+        scale_init_precond=scale_init_precond,
+    )
+    assert linesearch in METHODS
+
+
+def _inverse_hessian_product(g, mem: _Memory):
+    """``H g`` in the compact form of Byrd, Nocedal & Schnabel (1994), eq. (2.6)::
+
+        H = gamma I + [S  gamma Y] [[R^-T (D + gamma Y'Y) R^-1, -R^-T], [-R^-1, 0]] [S'; gamma Y']
+
+    with ``R`` the upper triangle of ``S'Y`` and ``D`` its diagonal, pairs in chronological
+    order. It equals the two-loop recursion (Nocedal & Wright, Alg. 7.4) but costs four
+    matrix-vector products with the ring buffers plus ``m x m`` work, instead of ``4m``
+    dependent vector operations. Empty slots (all zero, always the oldest) get a unit
+    diagonal in ``R`` and contribute nothing.
+    """
+    m = mem.s.shape[0]
+    order = (mem.head + jnp.arange(m)) % m  # slot of the i-th oldest pair
+    a = (mem.s @ g)[order]
+    b = (mem.y @ g)[order]
+    diag = jnp.diagonal(mem.sy)
+    r = jnp.triu(mem.sy) + jnp.diag(jnp.where(diag == 0, 1.0, 0.0).astype(g.dtype))
+    c = solve_triangular(r, a, lower=False)
+    v = diag * c + mem.gamma * (mem.yy @ c - b)
+    top = solve_triangular(r, v, lower=False, trans=1)
+    age = (jnp.arange(m) - mem.head) % m  # chronological index of each slot
+    return mem.gamma * g + top[age] @ mem.s - mem.gamma * c[age] @ mem.y
+
+
+def _direction(g, mem: _Memory):
+    """Descent direction ``-H g`` and its slope, falling back to ``-g`` if not descent."""
+    d = -_inverse_hessian_product(g, mem)
+    slope = jnp.vdot(g, d)
+    descent = slope < 0
+    return jnp.where(descent, d, -g), jnp.where(descent, slope, -jnp.vdot(g, g))
+
+
+def _push_pair(s, y, mem: _Memory, curvature_eps, scale_init_precond):
+    """Store ``(s, y)`` unless ``s'y <= curvature_eps ||s|| ||y||`` (keeps H positive definite).
+
+    The new pair overwrites the oldest slot; the chronological ``S'Y`` and ``Y'Y`` drop
+    their first row and column and gain a last one.
+    """
+    m = mem.s.shape[0]
+    sy = jnp.vdot(s, y)
+    yy = jnp.vdot(y, y)
+    ok = sy > curvature_eps * jnp.sqrt(jnp.vdot(s, s) * yy)
+    kept = ((mem.head + jnp.arange(m)) % m)[1:]  # slots that stay, oldest first
+    col_sy = jnp.append((mem.s @ y)[kept], sy)  # s_i' y_new
+    row_sy = jnp.append((mem.y @ s)[kept], sy)  # s_new' y_i
+    col_yy = jnp.append((mem.y @ y)[kept], yy)
+    new_sy = jnp.zeros_like(mem.sy).at[:-1, :-1].set(mem.sy[1:, 1:])
+    new_sy = new_sy.at[:, -1].set(col_sy).at[-1, :].set(row_sy)
+    new_yy = jnp.zeros_like(mem.yy).at[:-1, :-1].set(mem.yy[1:, 1:])
+    new_yy = new_yy.at[:, -1].set(col_yy).at[-1, :].set(col_yy)
+    head = mem.head
+    gamma = mem.gamma
+    if scale_init_precond:
+        gamma = jnp.where(ok, sy / jnp.where(ok, yy, 1.0), gamma)
+    return _Memory(
+        s=mem.s.at[head].set(jnp.where(ok, s, mem.s[head])),
+        y=mem.y.at[head].set(jnp.where(ok, y, mem.y[head])),
+        sy=jnp.where(ok, new_sy, mem.sy),
+        yy=jnp.where(ok, new_yy, mem.yy),
+        head=jnp.where(ok, (head + 1) % m, head).astype(jnp.int32),
+        gamma=gamma,
+    ), ok
+
+
+def _memory_init(memory_size, x, gamma) -> _Memory:
+    zeros = jnp.zeros((memory_size, x.size), x.dtype)
+    small = jnp.zeros((memory_size, memory_size), x.dtype)
+    return _Memory(zeros, zeros, small, small, jnp.zeros((), jnp.int32), gamma)
+
+
+def _first_gamma(g, scale_init_precond):
+    # As optax: the first step is capped to the unit ball, so its line search starts sensibly.
+    if not scale_init_precond:
+        return jnp.ones((), g.dtype)
+    norm = jnp.sqrt(jnp.vdot(g, g))
+    return jnp.where(norm > 0, jnp.minimum(1.0, 1.0 / norm), 1.0).astype(g.dtype)
+
+
+def lbfgs_solver(
+    fn: Callable[[Any, Any], jax.Array],
+    *,
+    memory_size: int = 10,
+    max_iterations: int = 1000,
+    gtol: float = 1e-8,
+    ftol: float = 0.0,
+    learning_rate: float = 1.0,
+    linesearch: str = "zoom",
+    max_linesearch_steps: int = 30,
+    c1: float = 1e-4,
+    c2: float = 0.9,
+    curvature_eps: float = 1e-12,
+    scale_init_precond: bool = True,
+) -> Solver:
+    """L-BFGS minimising the scalar ``fn(params, args)`` (Nocedal & Wright, Alg. 7.4/7.5).
+
+    Each iteration takes ``x+ = x - a H g`` where ``H g`` comes from the two-loop recursion
+    over the last ``memory_size`` pairs ``s = x+ - x``, ``y = g+ - g`` with
+    ``H_0 = gamma I``, ``gamma = s'y / y'y`` of the newest pair (``min(1, 1/||g||)`` before
+    any pair), and ``a`` from a strong-Wolfe line search starting at ``learning_rate``. A pair
+    with ``s'y <= curvature_eps ||s|| ||y||`` is skipped so ``H`` stays positive definite.
+
+    Stops with ``CONVERGED`` when ``max|g| <= gtol`` or (``ftol > 0``) when the relative
+    reduction ``(f - f+) / max(|f|, |f+|, 1) <= ftol``; with ``LINESEARCH_FAILED`` when no
+    step decreases ``f`` (``CONVERGED`` instead if ``max|g| <= sqrt(eps) max(1, |f|)``, the
+    gradient being as small as precision allows); with ``MAX_STEPS`` after
+    ``max_iterations`` iterations. Arguments are the fields of :class:`LBFGSConfig`.
+
+    Args:
+        fn: Scalar objective ``(params, args) -> float``; ``params`` any pytree of floats.
+
+    Returns:
+        A :class:`~opifex.optimization.core.Solver` whose state is :class:`LBFGSState`.
+
+    Raises:
+        ValueError: On an invalid setting; in ``init``, if ``fn`` is not scalar.
+    """
+    _validate(
+        memory_size,
+        max_iterations,
+        gtol,
+        ftol,
+        learning_rate,
+        linesearch,
+        max_linesearch_steps,
+        c1,
+        c2,
+        curvature_eps,
+        scale_init_precond,
+    )
+
+    def flat_value_and_grad(unravel, args):
+        def f(xf):
+            return fn(unravel(xf), args)
+
+        return jax.value_and_grad(f)
+
+    def status_of(count, value, grad):
+        done = jnp.max(jnp.abs(grad)) <= gtol
+        status = jnp.where(count >= max_iterations, Status.MAX_STEPS, Status.RUNNING)
+        return jnp.where(done, Status.CONVERGED, status).astype(jnp.int32)
+
+    def init(params, args) -> LBFGSState:
+        out = jax.eval_shape(fn, params, args)
+        if getattr(out, "shape", None) != ():
+            raise ValueError(
+                f"fn must return a scalar, got an output of shape {getattr(out, 'shape', out)}; "
+                "reduce it (e.g. with jnp.sum) or use a least-squares solver for residuals."
+            )
+        x, unravel = ravel_pytree(params)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"params must be floating point, got dtype {x.dtype}.")
+        value, grad = flat_value_and_grad(unravel, args)(x)
+        value = value.astype(x.dtype)
+        one = jnp.ones((), jnp.int32)
+        return LBFGSState(
+            count=jnp.zeros((), jnp.int32),
+            status=status_of(jnp.int32(0), value, grad),
+            value=value,
+            grad=grad,
+            memory=_memory_init(memory_size, x, _first_gamma(grad, scale_init_precond)),
+            stepsize=jnp.zeros((), x.dtype),
+            num_fun_evals=one,
+            num_grad_evals=one,
+        )
+
+    def step(params, state: LBFGSState, args):
+        x, unravel = ravel_pytree(params)
+        g = state.grad
+        d, slope = _direction(g, state.memory)
+        ls = line_search(
+            flat_value_and_grad(unravel, args),
+            x,
+            state.value,
+            g,
+            d,
+            initial_step=learning_rate,
+            slope=slope,
+            c1=c1,
+            c2=c2,
+            max_steps=max_linesearch_steps,
+            method=linesearch,
+        )
+        s = ls.stepsize * d
+        memory, _ = _push_pair(s, ls.grad - g, state.memory, curvature_eps, scale_init_precond)
+        count = state.count + 1
+        status = status_of(count, ls.value, ls.grad)
+        if ftol > 0:
+            scale = jnp.maximum(jnp.maximum(jnp.abs(state.value), jnp.abs(ls.value)), 1.0)
+            small = (state.value - ls.value) <= ftol * scale
+            status = jnp.where(ls.success & small, Status.CONVERGED, status)
+        eps = jnp.finfo(x.dtype).eps
+        tiny = jnp.max(jnp.abs(g)) <= jnp.sqrt(eps) * jnp.maximum(1.0, jnp.abs(state.value))
+        failed = jnp.where(tiny, Status.CONVERGED, Status.LINESEARCH_FAILED)
+        status = jnp.where(ls.success, status, failed).astype(jnp.int32)
+        new_state = LBFGSState(
+            count=count,
+            status=status,
+            value=ls.value,
+            grad=ls.grad,
+            memory=memory,
+            stepsize=ls.stepsize,
+            num_fun_evals=state.num_fun_evals + ls.num_evals,
+            num_grad_evals=state.num_grad_evals + ls.num_evals,
+        )
+        return unravel(x + s), new_state
+
+    return Solver(init, step, optimality_fn=jax.grad(fn))
+
+
+class ScaleByLBFGSDirectionState(NamedTuple):
+    """State of :func:`scale_by_lbfgs_direction` (``n`` scalars in params, memory ``m``)."""
+
+    count: jax.Array  # int32 [], updates made
+    prev_params: jax.Array  # float [n], flattened params at the previous update
+    prev_updates: jax.Array  # float [n], flattened gradient at the previous update
+    memory: _Memory  # ring buffers of the last m pairs and their inner products
+
+
+def scale_by_lbfgs_direction(
+    memory_size: int = 10,
+    scale_init_precond: bool = True,
+    curvature_eps: float = 1e-12,
+    gtol: float = 0.0,
+    max_iterations: int | None = None,
+) -> optax.GradientTransformation:
+    """Turn the gradient into the L-BFGS descent direction ``-H g`` (pairs skipped as above).
+
+    The direction is zero (so a following line search makes no evaluation) once
+    ``max|g| <= gtol`` or after ``max_iterations`` updates.
+    """
+
+    def init(params):
+        x, _ = ravel_pytree(params)
+        return ScaleByLBFGSDirectionState(
+            count=jnp.zeros((), jnp.int32),
+            prev_params=jnp.zeros_like(x),
+            prev_updates=jnp.zeros_like(x),
+            memory=_memory_init(memory_size, x, jnp.ones((), x.dtype)),
+        )
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("the L-BFGS transformation needs `params` in update().")
+        g, unravel = ravel_pytree(updates)
+        x, _ = ravel_pytree(params)
+        g = g.astype(x.dtype)
+        started = state.count > 0
+        memory, _ = _push_pair(
+            jnp.where(started, x - state.prev_params, 0.0),
+            jnp.where(started, g - state.prev_updates, 0.0),
+            state.memory,
+            curvature_eps,
+            scale_init_precond,
+        )
+        gamma = jnp.where(started, memory.gamma, _first_gamma(g, scale_init_precond))
+        memory = memory._replace(gamma=gamma)
+        d, _ = _direction(g, memory)
+        stop = jnp.max(jnp.abs(g)) <= gtol
+        if max_iterations is not None:
+            stop = stop | (state.count >= max_iterations)
+        d = jnp.where(stop, 0.0, d)
+        new_state = ScaleByLBFGSDirectionState(
+            count=state.count + 1,
+            prev_params=x,
+            prev_updates=g,
+            memory=memory,
+        )
+        return unravel(d), new_state
+
+    return optax.GradientTransformation(init, update)
+
+
+class ScaleByLinesearchState(NamedTuple):
+    """State of :func:`scale_by_linesearch`; ``value``/``grad`` feed
+    ``optax.value_and_grad_from_state``."""
+
+    stepsize: jax.Array  # float [], step accepted by the last line search
+    value: jax.Array  # float [], objective at the accepted point (inf before the first)
+    grad: Any  # pytree like params, gradient at the accepted point
+    num_evals: jax.Array  # int32 [], evaluations spent by the last line search
+    success: jax.Array  # bool [], the last line search found sufficient decrease
+
+
+def scale_by_linesearch(
+    learning_rate: float = 1.0,
+    linesearch: str = "zoom",
+    max_linesearch_steps: int = 30,
+    c1: float = 1e-4,
+    c2: float = 0.9,
+) -> optax.GradientTransformationExtraArgs:
+    """Scale a descent direction by a line-search step (``update`` needs ``value``, ``grad``,
+    ``value_fn``; other keyword arguments are passed on to ``value_fn``)."""
+
+    def init(params):
+        x, _ = ravel_pytree(params)
+        return ScaleByLinesearchState(
+            stepsize=jnp.zeros((), x.dtype),
+            value=jnp.asarray(jnp.inf, x.dtype),
+            grad=jax.tree.map(jnp.zeros_like, params),
+            num_evals=jnp.zeros((), jnp.int32),
+            success=jnp.ones((), bool),
+        )
+
+    def update(updates, state, params=None, *, value, grad, value_fn, **extra_args):
+        if params is None:
+            raise ValueError("the L-BFGS transformation needs `params` in update().")
+        x, unravel = ravel_pytree(params)
+        d, _ = ravel_pytree(updates)
+        g, _ = ravel_pytree(grad)
+
+        def value_and_grad(xf):
+            return jax.value_and_grad(lambda z: value_fn(unravel(z), **extra_args))(xf)
+
+        ls = line_search(
+            value_and_grad,
+            x,
+            value,
+            g.astype(x.dtype),
+            d.astype(x.dtype),
+            initial_step=learning_rate,
+            c1=c1,
+            c2=c2,
+            max_steps=max_linesearch_steps,
+            method=linesearch,
+        )
+        step = jax.tree.map(lambda u: (ls.stepsize * u).astype(u.dtype), updates)
+        new_state = ScaleByLinesearchState(
+            stepsize=ls.stepsize,
+            value=ls.value,
+            grad=unravel(ls.grad),
+            num_evals=ls.num_evals,
+            success=ls.success,
+        )
+        return step, new_state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def lbfgs_transform(
+    *,
+    memory_size: int = 10,
+    max_iterations: int = 1000,
+    gtol: float = 1e-8,
+    ftol: float = 0.0,
+    learning_rate: float = 1.0,
+    linesearch: str = "zoom",
+    max_linesearch_steps: int = 30,
+    c1: float = 1e-4,
+    c2: float = 0.9,
+    curvature_eps: float = 1e-12,
+    scale_init_precond: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """L-BFGS as ``optax.chain(scale_by_lbfgs_direction, scale_by_linesearch)``.
+
+    The update rule is :func:`lbfgs_solver`'s; ``update(grad, state, params, value=...,
+    grad=..., value_fn=...)`` takes the same extra arguments as ``optax.lbfgs``, and
+    ``optax.value_and_grad_from_state`` reuses the line search's value and gradient. The
+    caller owns the loop; once ``max|g| <= gtol`` or after ``max_iterations`` updates the
+    transformation returns zero updates without evaluating. ``ftol`` is left to the
+    caller's loop (it needs the previous value, which the caller holds).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+    """
+    _validate(
+        memory_size,
+        max_iterations,
+        gtol,
+        ftol,
+        learning_rate,
+        linesearch,
+        max_linesearch_steps,
+        c1,
+        c2,
+        curvature_eps,
+        scale_init_precond,
+    )
+    return optax.chain(
+        scale_by_lbfgs_direction(
+            memory_size, scale_init_precond, curvature_eps, gtol, max_iterations
+        ),
+        scale_by_linesearch(learning_rate, linesearch, max_linesearch_steps, c1, c2),
+    )
