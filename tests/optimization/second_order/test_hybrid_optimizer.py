@@ -15,7 +15,7 @@ from opifex.optimization.second_order import (
     LBFGSConfig,
     create_lbfgs_optimizer,
 )
-from opifex.optimization.second_order._hybrid import hybrid_adam_lbfgs
+from opifex.optimization.second_order._hybrid import hybrid_adam_lbfgs, push_history, should_switch
 
 
 def rosen(x, a=1.0):
@@ -79,6 +79,20 @@ def switch_on_sequence(tx, values, grad_norms):
         if int(state.phase) == 1:
             break
     return int(state.switch_step_taken)
+
+
+def replay(values, grad_norms, **fields):
+    """The transform's own switch rule on a synthetic sequence, without compiling L-BFGS."""
+    cfg = HybridOptimizerConfig(**fields).to_kwargs()
+    w = cfg.pop("plateau_window")
+    for name in ("adam_learning_rate", "adam_b1", "adam_b2", "adam_eps", "lbfgs"):
+        cfg.pop(name)
+    losses, norms = jnp.zeros(w + 1), jnp.zeros(w)
+    for k, (v, g) in enumerate(zip(values, grad_norms, strict=True)):
+        losses, norms = push_history(losses, norms, k, v, g)
+        if should_switch(k, losses, norms, **cfg):
+            return k
+    return -1
 
 
 def plateau_sequence(n=60, flat_from=30):
@@ -199,13 +213,19 @@ def test_value_and_grad_from_state_reuses_line_search():
     value_and_grad = optax.value_and_grad_from_state(rosen)
     x = jnp.array([-1.2, 1.0])
     state = tx.init(x)
-    for _ in range(12):
+
+    @jax.jit
+    def step(x, state):
         value, grad = value_and_grad(x, state=state)
-        ref_value, ref_grad = jax.value_and_grad(rosen)(x)
-        np.testing.assert_allclose(value, ref_value, rtol=1e-12)
-        np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
+        ref = jax.value_and_grad(rosen)(x)
         updates, state = tx.update(grad, state, x, value=value, grad=grad, value_fn=rosen)
-        x = optax.apply_updates(x, updates)
+        return optax.apply_updates(x, updates), state, (value, grad), ref
+
+    for _ in range(12):
+        x, state, got, ref = step(x, state)
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
+        np.testing.assert_allclose(got[1], ref[1], rtol=1e-10, atol=1e-12)
+    assert int(state.phase) == 1
 
 
 def test_lbfgs_phase_matches_plain_lbfgs_from_the_switch_point():
@@ -218,11 +238,11 @@ def test_lbfgs_phase_matches_plain_lbfgs_from_the_switch_point():
 
 
 def test_jit_equals_no_jit():
-    tx = hybrid_adam_lbfgs(switch_criterion="step", switch_step=2, adam_learning_rate=0.01)
+    tx = hybrid_adam_lbfgs(switch_criterion="step", switch_step=1, adam_learning_rate=0.01)
     x = jnp.array([-1.2, 1.0])
-    jitted, _ = run(tx, rosen, x, 4)
+    jitted, _ = run(tx, rosen, x, 2)
     state = tx.init(x)
-    for k in range(4):
+    for k in range(2):
         value, grad = jax.value_and_grad(rosen)(x)
         updates, state = tx.update(grad, state, x, value=value, grad=grad, value_fn=rosen)
         x = optax.apply_updates(x, updates)
@@ -297,27 +317,22 @@ def test_adam_fields_match_optax_adam(field, value):
 def test_switch_criterion_changes_switch():
     values, norms = plateau_sequence(), alternating_norms()
     got = {
-        c: switch_on_sequence(
-            hybrid_adam_lbfgs(switch_criterion=c, switch_step=50, plateau_window=4,
-                              min_adam_steps=0), values, norms)
+        c: replay(values, norms, switch_criterion=c, switch_step=50, plateau_window=4,
+                  min_adam_steps=0)
         for c in ("step", "plateau", "gradient_variance")
     }
     assert got == {"step": 50, "plateau": 34, "gradient_variance": 23}
 
 
 def test_switch_step_changes_switch():
+    tx = hybrid_adam_lbfgs(switch_criterion="step", switch_step=3)
+    assert switch_on_sequence(tx, [1.0] * 20, [1.0] * 20) == 3
     for s in (3, 9):
-        tx = hybrid_adam_lbfgs(switch_criterion="step", switch_step=s)
-        assert switch_on_sequence(tx, [1.0] * 20, [1.0] * 20) == s
+        assert replay([1.0] * 20, [1.0] * 20, switch_criterion="step", switch_step=s) == s
 
 
 def test_plateau_window_changes_switch():
-    got = [
-        switch_on_sequence(
-            hybrid_adam_lbfgs(plateau_window=w, min_adam_steps=0), [1.0] * 30, [1.0] * 30
-        )
-        for w in (3, 8)
-    ]
+    got = [replay([1.0] * 30, [1.0] * 30, plateau_window=w, min_adam_steps=0) for w in (3, 8)]
     assert got == [3, 8]
 
 
@@ -325,9 +340,8 @@ def test_plateau_threshold_changes_switch():
     # Relative improvement over 5 steps of 0.99**k is 1 - 0.99**5 = 0.049.
     values = [0.99**k for k in range(40)]
     got = [
-        switch_on_sequence(
-            hybrid_adam_lbfgs(plateau_window=5, plateau_threshold=t, min_adam_steps=0,
-                              switch_step=30), values, [1.0] * 40)
+        replay(values, [1.0] * 40, plateau_window=5, plateau_threshold=t, min_adam_steps=0,
+               switch_step=30)
         for t in (0.01, 0.05)
     ]
     assert got == [30, 5]
@@ -335,22 +349,15 @@ def test_plateau_threshold_changes_switch():
 
 def test_gradient_variance_threshold_changes_switch():
     got = [
-        switch_on_sequence(
-            hybrid_adam_lbfgs(switch_criterion="gradient_variance", plateau_window=4,
-                              gradient_variance_threshold=t, min_adam_steps=0),
-            [1.0] * 60, alternating_norms())
+        replay([1.0] * 60, alternating_norms(), switch_criterion="gradient_variance",
+               plateau_window=4, gradient_variance_threshold=t, min_adam_steps=0)
         for t in (0.1, 0.6)
     ]
     assert got == [23, 3]  # CV of (1, 3, 1, 3) is 0.5
 
 
 def test_min_adam_steps_changes_switch():
-    got = [
-        switch_on_sequence(
-            hybrid_adam_lbfgs(plateau_window=2, min_adam_steps=m), [1.0] * 20, [1.0] * 20
-        )
-        for m in (0, 7)
-    ]
+    got = [replay([1.0] * 20, [1.0] * 20, plateau_window=2, min_adam_steps=m) for m in (0, 7)]
     assert got == [2, 7]
 
 

@@ -55,6 +55,42 @@ def _cast_like(new, old):
     return jax.tree.map(lambda n, o: jnp.asarray(n, jnp.result_type(o)), new, old)
 
 
+def push_history(losses, grad_norms, k, value, grad_norm):
+    """Write update ``k``'s loss and gradient norm into the ring buffers (sizes W + 1, W)."""
+    window = grad_norms.shape[0]
+    return losses.at[k % (window + 1)].set(value), grad_norms.at[k % window].set(grad_norm)
+
+
+def should_switch(
+    k,
+    losses,
+    grad_norms,
+    *,
+    switch_criterion: str,
+    switch_step: int,
+    min_adam_steps: int,
+    plateau_threshold: float,
+    gradient_variance_threshold: float,
+) -> jax.Array:
+    """Whether update ``k`` (``k`` Adam steps taken, buffers already holding step ``k``) is
+    the first L-BFGS step; see :func:`hybrid_adam_lbfgs` for the rules."""
+    window = grad_norms.shape[0]
+    forced = k >= switch_step
+    if switch_criterion == "step":
+        return forced
+    allowed = k >= min_adam_steps
+    if switch_criterion == "plateau":
+        old, new = losses[(k + 1) % (window + 1)], losses[k % (window + 1)]
+        scale = jnp.maximum(jnp.abs(old), jnp.finfo(losses.dtype).tiny)
+        flat = (k >= window) & ((old - new) / scale < plateau_threshold)
+    else:
+        mean = jnp.mean(grad_norms)
+        safe_mean = jnp.where(mean > 0, mean, 1)
+        cv = jnp.where(mean > 0, jnp.std(grad_norms) / safe_mean, 0)
+        flat = (k + 1 >= window) & (cv < gradient_variance_threshold)
+    return forced | (allowed & flat)
+
+
 def hybrid_adam_lbfgs(
     *,
     adam_learning_rate: float = 1e-3,
@@ -131,21 +167,13 @@ def hybrid_adam_lbfgs(
     adam = optax.adam(adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps)
     lbfgs_tx = _lbfgs_transform(config.lbfgs)
     window = plateau_window
-
-    def should_switch(k, losses, grad_norms):
-        forced = k >= switch_step
-        if switch_criterion == "step":
-            return forced
-        allowed = k >= min_adam_steps
-        if switch_criterion == "plateau":
-            old, new = losses[(k + 1) % (window + 1)], losses[k % (window + 1)]
-            scale = jnp.maximum(jnp.abs(old), jnp.finfo(losses.dtype).tiny)
-            flat = (k >= window) & ((old - new) / scale < plateau_threshold)
-        else:
-            mean = jnp.mean(grad_norms)
-            cv = jnp.where(mean > 0, jnp.std(grad_norms) / jnp.where(mean > 0, mean, 1), 0)
-            flat = (k + 1 >= window) & (cv < gradient_variance_threshold)
-        return forced | (allowed & flat)
+    switch_rule = {
+        "switch_criterion": switch_criterion,
+        "switch_step": switch_step,
+        "min_adam_steps": min_adam_steps,
+        "plateau_threshold": plateau_threshold,
+        "gradient_variance_threshold": gradient_variance_threshold,
+    }
 
     def init_fn(params) -> HybridState:
         dtype = _float_dtype(params)
@@ -170,12 +198,13 @@ def hybrid_adam_lbfgs(
         k = state.count
         in_adam = state.phase == ADAM_PHASE
         dtype = state.losses.dtype
-        losses = jnp.where(
-            in_adam, state.losses.at[k % (window + 1)].set(jnp.asarray(value, dtype)), state.losses
+        losses, grad_norms = push_history(
+            state.losses, state.grad_norms, k, jnp.asarray(value, dtype),
+            tree_norm(updates).astype(dtype),
         )
-        norms = state.grad_norms.at[k % window].set(tree_norm(updates).astype(dtype))
-        grad_norms = jnp.where(in_adam, norms, state.grad_norms)
-        switch = in_adam & should_switch(k, losses, grad_norms)
+        losses = jnp.where(in_adam, losses, state.losses)
+        grad_norms = jnp.where(in_adam, grad_norms, state.grad_norms)
+        switch = in_adam & should_switch(k, losses, grad_norms, **switch_rule)
         phase = jnp.where(in_adam & ~switch, ADAM_PHASE, LBFGS_PHASE).astype(jnp.int32)
 
         def adam_step(_):

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
-from jax.scipy.linalg import solve_triangular
 
 from opifex.optimization.core import Solver, Status
 from opifex.optimization.second_order._linesearch import METHODS, line_search
@@ -25,8 +24,7 @@ from opifex.optimization.second_order.config import LBFGSConfig
 class _Memory(NamedTuple):
     s: jax.Array  # float [m, n], ring buffer of steps s_k = x_{k+1} - x_k (slot order)
     y: jax.Array  # float [m, n], ring buffer of gradient changes y_k = g_{k+1} - g_k
-    sy: jax.Array  # float [m, m], s_i' y_j, pairs in chronological order (oldest first)
-    yy: jax.Array  # float [m, m], y_i' y_j, chronological order
+    rho: jax.Array  # float [m], 1 / (s' y) per slot; 0 marks an empty slot
     head: jax.Array  # int32 [], slot the next accepted pair overwrites (the oldest)
     gamma: jax.Array  # float [], initial inverse-Hessian scale H_0 = gamma * I
 
@@ -38,7 +36,7 @@ class LBFGSState(NamedTuple):
     status: jax.Array  # int32 [], Status code
     value: jax.Array  # float [], objective at params
     grad: jax.Array  # float [n], flattened gradient at params
-    memory: _Memory  # ring buffers of the last m pairs (s_k, y_k) and their inner products
+    memory: _Memory  # ring buffers of the last m pairs (s_k, y_k)
     stepsize: jax.Array  # float [], step accepted by the last line search
     num_fun_evals: jax.Array  # int32 [], objective evaluations
     num_grad_evals: jax.Array  # int32 [], gradient evaluations
@@ -75,27 +73,27 @@ def _validate(
 
 
 def _inverse_hessian_product(g, mem: _Memory):
-    """``H g`` in the compact form of Byrd, Nocedal & Schnabel (1994), eq. (2.6)::
+    """``H g`` by the two-loop recursion (Nocedal & Wright, Alg. 7.4) over the ring buffers.
 
-        H = gamma I + [S  gamma Y] [[R^-T (D + gamma Y'Y) R^-1, -R^-T], [-R^-1, 0]] [S'; gamma Y']
-
-    with ``R`` the upper triangle of ``S'Y`` and ``D`` its diagonal, pairs in chronological
-    order. It equals the two-loop recursion (Nocedal & Wright, Alg. 7.4) but costs four
-    matrix-vector products with the ring buffers plus ``m x m`` work, instead of ``4m``
-    dependent vector operations. Empty slots (all zero, always the oldest) get a unit
-    diagonal in ``R`` and contribute nothing.
+    Written as two ``lax.scan`` loops over the slots (newest first, then oldest first), which
+    XLA compiles into tight loops; empty slots have ``rho = 0`` and contribute nothing.
     """
     m = mem.s.shape[0]
-    order = (mem.head + jnp.arange(m)) % m  # slot of the i-th oldest pair
-    a = (mem.s @ g)[order]
-    b = (mem.y @ g)[order]
-    diag = jnp.diagonal(mem.sy)
-    r = jnp.triu(mem.sy) + jnp.diag(jnp.where(diag == 0, 1.0, 0.0).astype(g.dtype))
-    c = solve_triangular(r, a, lower=False)
-    v = diag * c + mem.gamma * (mem.yy @ c - b)
-    top = solve_triangular(r, v, lower=False, trans=1)
-    age = (jnp.arange(m) - mem.head) % m  # chronological index of each slot
-    return mem.gamma * g + top[age] @ mem.s - mem.gamma * c[age] @ mem.y
+    newest_first = (mem.head - 1 - jnp.arange(m)) % m
+
+    def first(q, j):
+        a = mem.rho[j] * jnp.vdot(mem.s[j], q)
+        return q - a * mem.y[j], a
+
+    q, alphas = jax.lax.scan(first, g, newest_first)
+
+    def second(r, ja):
+        j, a = ja
+        b = mem.rho[j] * jnp.vdot(mem.y[j], r)
+        return r + (a - b) * mem.s[j], None
+
+    r, _ = jax.lax.scan(second, mem.gamma * q, (newest_first, alphas), reverse=True)
+    return r
 
 
 def _direction(g, mem: _Memory):
@@ -107,41 +105,30 @@ def _direction(g, mem: _Memory):
 
 
 def _push_pair(s, y, mem: _Memory, curvature_eps, scale_init_precond):
-    """Store ``(s, y)`` unless ``s'y <= curvature_eps ||s|| ||y||`` (keeps H positive definite).
-
-    The new pair overwrites the oldest slot; the chronological ``S'Y`` and ``Y'Y`` drop
-    their first row and column and gain a last one.
-    """
+    """Store ``(s, y)`` over the oldest pair unless ``s'y <= curvature_eps ||s|| ||y||``
+    (skipping keeps ``H`` positive definite)."""
     m = mem.s.shape[0]
     sy = jnp.vdot(s, y)
     yy = jnp.vdot(y, y)
     ok = sy > curvature_eps * jnp.sqrt(jnp.vdot(s, s) * yy)
-    kept = ((mem.head + jnp.arange(m)) % m)[1:]  # slots that stay, oldest first
-    col_sy = jnp.append((mem.s @ y)[kept], sy)  # s_i' y_new
-    row_sy = jnp.append((mem.y @ s)[kept], sy)  # s_new' y_i
-    col_yy = jnp.append((mem.y @ y)[kept], yy)
-    new_sy = jnp.zeros_like(mem.sy).at[:-1, :-1].set(mem.sy[1:, 1:])
-    new_sy = new_sy.at[:, -1].set(col_sy).at[-1, :].set(row_sy)
-    new_yy = jnp.zeros_like(mem.yy).at[:-1, :-1].set(mem.yy[1:, 1:])
-    new_yy = new_yy.at[:, -1].set(col_yy).at[-1, :].set(col_yy)
     head = mem.head
     gamma = mem.gamma
     if scale_init_precond:
         gamma = jnp.where(ok, sy / jnp.where(ok, yy, 1.0), gamma)
-    return _Memory(
+    memory = _Memory(
         s=mem.s.at[head].set(jnp.where(ok, s, mem.s[head])),
         y=mem.y.at[head].set(jnp.where(ok, y, mem.y[head])),
-        sy=jnp.where(ok, new_sy, mem.sy),
-        yy=jnp.where(ok, new_yy, mem.yy),
+        rho=mem.rho.at[head].set(jnp.where(ok, 1.0 / jnp.where(ok, sy, 1.0), mem.rho[head])),
         head=jnp.where(ok, (head + 1) % m, head).astype(jnp.int32),
         gamma=gamma,
-    ), ok
+    )
+    return memory, ok
 
 
 def _memory_init(memory_size, x, gamma) -> _Memory:
     zeros = jnp.zeros((memory_size, x.size), x.dtype)
-    small = jnp.zeros((memory_size, memory_size), x.dtype)
-    return _Memory(zeros, zeros, small, small, jnp.zeros((), jnp.int32), gamma)
+    rho = jnp.zeros((memory_size,), x.dtype)
+    return _Memory(zeros, zeros, rho, jnp.zeros((), jnp.int32), gamma)
 
 
 def _first_gamma(g, scale_init_precond):
@@ -289,7 +276,7 @@ class ScaleByLBFGSDirectionState(NamedTuple):
     count: jax.Array  # int32 [], updates made
     prev_params: jax.Array  # float [n], flattened params at the previous update
     prev_updates: jax.Array  # float [n], flattened gradient at the previous update
-    memory: _Memory  # ring buffers of the last m pairs and their inner products
+    memory: _Memory  # ring buffers of the last m pairs (s, y)
 
 
 def scale_by_lbfgs_direction(

@@ -15,6 +15,10 @@ from opifex.optimization.second_order import _least_squares as lsq
 # A step is accepted when the actual reduction is at least this fraction of the predicted
 # one (MINPACK lmder's 1e-4), so noise-level "decreases" do not move the iterate.
 _ACCEPT_RATIO = 1e-4
+# Largest decrease of the damping after one accepted step. Nielsen's rule uses 1/3; on the
+# ill-conditioned NIST problems (Lanczos, Gauss) 1/10 reaches the Gauss-Newton regime in a
+# third of the steps and needs fewer evaluations overall (measured: opifex bench).
+_SHRINK_CAP = 0.1
 
 
 class LevenbergMarquardtState(NamedTuple):
@@ -38,13 +42,13 @@ def levenberg_marquardt(
     residual_fn: Callable,
     *,
     bounds=None,
-    max_iterations: int = 200,
-    ftol: float = 1e-12,
-    xtol: float = 1e-12,
-    gtol: float = 1e-12,
-    initial_damping: float = 1e-3,
+    max_iterations: int = 1000,
+    ftol: float = 1e-20,
+    xtol: float = 1e-15,
+    gtol: float = 1e-15,
+    initial_damping: float = 1e-6,
     damping_increase: float = 2.0,
-    min_damping: float = 1e-15,
+    min_damping: float = 1e-30,
     max_damping: float = 1e15,
     scale_diag: bool = True,
     linear_solver: str = "qr",
@@ -57,15 +61,18 @@ def levenberg_marquardt(
     the running maximum of the Jacobian's column norms (Moré 1978; MINPACK ``lmder``). The
     gain ratio ``rho = (f(x) - f(x + p)) / (f(x) - m(p))`` of actual to predicted reduction
     updates the damping by Nielsen's rule (Nielsen 1999; Madsen, Nielsen & Tingleff 2004,
-    Alg. 3.16): on acceptance (``rho > 1e-4``) ``lambda *= max(1/3, 1 - (2 rho - 1)^3)`` and
+    Alg. 3.16, with the decrease capped at 1/10 instead of 1/3): on acceptance
+    (``rho > 1e-4``) ``lambda *= max(1/10, 1 - (2 rho - 1)^3)`` and
     ``nu = damping_increase``; on rejection ``lambda *= nu`` and ``nu *= 2``. Only accepted
     points cost a Jacobian; a trial point with a non-finite residual counts as rejected.
     With ``bounds`` the step is taken in the entries not held at a bound and the trial
     point is projected onto the box.
 
-    Convergence follows MINPACK: ``ftol`` on the relative actual and predicted reductions,
-    ``xtol`` on an accepted scaled step ``||D p|| <= xtol ||D x||``, ``gtol`` on the largest
-    cosine between ``r`` and a Jacobian column.
+    Convergence follows MINPACK: ``ftol`` on the relative actual and predicted reductions
+    (or a predicted one below ``ftol`` for a step the damping does not dominate, since the
+    actual one is rounding noise there), ``xtol`` on the scaled step
+    ``||D p|| <= max(xtol, eps) ||D x||``, ``gtol`` on the largest cosine between ``r`` and
+    a Jacobian column.
 
     Args:
         residual_fn: ``(params, args) -> r``, a 1-D residual vector.
@@ -209,7 +216,7 @@ def levenberg_marquardt(
         )
         jac_ok = jnp.all(jnp.isfinite(jac)) & jnp.all(jnp.isfinite(factor))
 
-        shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
+        shrink = jnp.maximum(_SHRINK_CAP, 1.0 - (2.0 * ratio - 1.0) ** 3)
         damping = jnp.where(accept, jnp.maximum(lam * shrink, min_damping), lam * state.increase)
         increase = jnp.where(accept, damping_increase, 2.0 * state.increase).astype(dt)
 

@@ -210,7 +210,7 @@ def line_search(
             _extrapolate(s.a_lo, s.f_lo, s.d_lo, a, f, da),
             _zoom_trial(a_lo, f_lo, d_lo, a_hi, f_hi, d_hi),
         )
-        next_alpha = jnp.where(start_backtrack, 0.5 * a_hi, next_alpha)
+        next_alpha = jnp.where(start_backtrack, _backtrack(f0, dphi0, a_hi, f_hi), next_alpha)
         next_alpha = jnp.where(in_backtrack, _backtrack(f0, dphi0, a, f), next_alpha)
 
         done = accept | take_lo | out_of_budget

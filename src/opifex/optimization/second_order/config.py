@@ -135,18 +135,26 @@ class GaussNewtonConfig(_Config):
 class LevenbergMarquardtConfig(_Config):
     """Levenberg-Marquardt with Moré's diagonal scaling (Moré 1978; MINPACK ``lmder``).
 
+    The defaults are tuned on the NIST StRD problems in float64 (``opifex bench
+    second-order``): tight tolerances for accuracy, a small initial damping for few
+    evaluations.
+
     Attributes:
-        max_iterations: Iterations after which the solver stops with ``MAX_STEPS``.
+        max_iterations: Steps (accepted or rejected) after which the solver stops with
+            ``MAX_STEPS``.
         ftol: Converged when actual and predicted relative reductions of ``||r||^2`` are
-            both below ``ftol``.
-        xtol: Converged when the scaled step is below ``xtol`` times the scaled ``x``.
+            both below ``ftol``, or the predicted one is for a step the damping does not
+            dominate (the actual one is rounding noise there).
+        xtol: Converged when the scaled step ``||D p||`` is below ``max(xtol, eps)`` times
+            ``||D x||``.
         gtol: Converged when the cosine between ``r`` and every Jacobian column is below
             ``gtol``.
-        initial_damping: Initial damping, relative to ``max diag(D'D)`` (D: scaling).
-        damping_increase: Initial growth factor of the damping after a rejected step
+        initial_damping: Initial damping, relative to the largest diagonal entry of
+            ``D^-1 J'J D^-1`` (Nielsen's ``tau``).
+        damping_increase: Growth factor of the damping at the first rejected step in a row
             (doubled after each further rejection, Nielsen 1999).
         min_damping: Lower clip of the damping.
-        max_damping: Upper clip; reaching it with no acceptable step ends the solve with
+        max_damping: A rejection that would raise the damping above this ends the solve with
             ``STAGNATED``.
         scale_diag: Moré scaling, ``D = diag`` of the running max of Jacobian column norms;
             ``False`` uses ``D = I`` (plain Marquardt damping).
@@ -155,13 +163,13 @@ class LevenbergMarquardtConfig(_Config):
         jacobian: ``"fwd"``, ``"rev"`` or ``"auto"`` (forward mode when residuals >= params).
     """
 
-    max_iterations: int = 200
-    ftol: float = 1e-12
-    xtol: float = 1e-12
-    gtol: float = 1e-12
-    initial_damping: float = 1e-3
+    max_iterations: int = 1000
+    ftol: float = 1e-20
+    xtol: float = 1e-15
+    gtol: float = 1e-15
+    initial_damping: float = 1e-6
     damping_increase: float = 2.0
-    min_damping: float = 1e-15
+    min_damping: float = 1e-30
     max_damping: float = 1e15
     scale_diag: bool = True
     linear_solver: str = "qr"
