@@ -12,8 +12,10 @@ from opifex.benchmarks import _registry
 from opifex.benchmarks._harness import Context, Record, time_host, time_jax, write_summary
 
 
-@given(value=st.floats(allow_nan=False, allow_infinity=False, width=32),
-       threshold=st.floats(allow_nan=False, allow_infinity=False, width=32))
+@given(
+    value=st.floats(allow_nan=False, allow_infinity=False, width=32),
+    threshold=st.floats(allow_nan=False, allow_infinity=False, width=32),
+)
 def test_met_is_computed_from_value(value, threshold):
     assert Record("x", value, "u", target=f"<= {threshold!r}").met == (value <= threshold)
     assert Record("x", value, "u", target=f">= {threshold!r}").met == (value >= threshold)
@@ -43,8 +45,10 @@ def test_time_jax_separates_compile_from_run():
 
 def test_summary_schema_and_cli(tmp_path, monkeypatch):
     def fake_suite(ctx):
-        return [Record("speed", 2.0, "x", target=">= 1.5", peer="peer", peer_value=1.0),
-                Record("error", 0.3, "1", target="<= 0.1")]
+        return [
+            Record("speed", 2.0, "x", target=">= 1.5", peer="peer", peer_value=1.0),
+            Record("error", 0.3, "1", target="<= 0.1"),
+        ]
 
     import sys
     import types

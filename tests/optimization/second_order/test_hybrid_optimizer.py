@@ -69,7 +69,7 @@ def switch_on_sequence(tx, values, grad_norms):
     @jax.jit
     def feed(x, state, value, gnorm):
         grad = jnp.full_like(x, gnorm / jnp.sqrt(x.size))
-        updates, state = tx.update(grad, state, x, value=value, grad=grad, value_fn=f)
+        _, state = tx.update(grad, state, x, value=value, grad=grad, value_fn=f)
         return state
 
     x = jnp.ones(4)
@@ -166,8 +166,12 @@ def test_gradient_variance_switches_when_norms_settle():
 def test_plateau_on_a_real_problem_then_lbfgs_reaches_minimum():
     a, b, x_star = spd_problem()
     cfg = HybridOptimizerConfig(
-        adam_learning_rate=0.05, switch_criterion="plateau", plateau_window=10,
-        plateau_threshold=1e-2, min_adam_steps=20, switch_step=500,
+        adam_learning_rate=0.05,
+        switch_criterion="plateau",
+        plateau_window=10,
+        plateau_threshold=1e-2,
+        min_adam_steps=20,
+        switch_step=500,
     )
     res = HybridOptimizer(cfg).optimize(quad, jnp.zeros(6), (a, b), num_steps=800)
     assert 20 <= res.switch_step < 500
@@ -303,8 +307,12 @@ def test_adam_fields_match_optax_adam(field, value):
     a, b, _ = spd_problem()
     f = lambda x: quad(x, (a, b))  # noqa: E731
     x0 = jnp.full(6, 0.1)
-    names = {"adam_learning_rate": "learning_rate", "adam_b1": "b1", "adam_b2": "b2",
-             "adam_eps": "eps"}
+    names = {
+        "adam_learning_rate": "learning_rate",
+        "adam_b1": "b1",
+        "adam_b2": "b2",
+        "adam_eps": "eps",
+    }
     kw = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, names[field]: value}
     tx = hybrid_adam_lbfgs(switch_criterion="step", switch_step=5, **{field: value})
     xs, _ = run(tx, f, x0, 5)
@@ -317,8 +325,9 @@ def test_adam_fields_match_optax_adam(field, value):
 def test_switch_criterion_changes_switch():
     values, norms = plateau_sequence(), alternating_norms()
     got = {
-        c: replay(values, norms, switch_criterion=c, switch_step=50, plateau_window=4,
-                  min_adam_steps=0)
+        c: replay(
+            values, norms, switch_criterion=c, switch_step=50, plateau_window=4, min_adam_steps=0
+        )
         for c in ("step", "plateau", "gradient_variance")
     }
     assert got == {"step": 50, "plateau": 34, "gradient_variance": 23}
@@ -340,8 +349,14 @@ def test_plateau_threshold_changes_switch():
     # Relative improvement over 5 steps of 0.99**k is 1 - 0.99**5 = 0.049.
     values = [0.99**k for k in range(40)]
     got = [
-        replay(values, [1.0] * 40, plateau_window=5, plateau_threshold=t, min_adam_steps=0,
-               switch_step=30)
+        replay(
+            values,
+            [1.0] * 40,
+            plateau_window=5,
+            plateau_threshold=t,
+            min_adam_steps=0,
+            switch_step=30,
+        )
         for t in (0.01, 0.05)
     ]
     assert got == [30, 5]
@@ -349,8 +364,14 @@ def test_plateau_threshold_changes_switch():
 
 def test_gradient_variance_threshold_changes_switch():
     got = [
-        replay([1.0] * 60, alternating_norms(), switch_criterion="gradient_variance",
-               plateau_window=4, gradient_variance_threshold=t, min_adam_steps=0)
+        replay(
+            [1.0] * 60,
+            alternating_norms(),
+            switch_criterion="gradient_variance",
+            plateau_window=4,
+            gradient_variance_threshold=t,
+            min_adam_steps=0,
+        )
         for t in (0.1, 0.6)
     ]
     assert got == [23, 3]  # CV of (1, 3, 1, 3) is 0.5

@@ -21,7 +21,7 @@ LBFGS_PHASE = 1
 
 
 class HybridState(NamedTuple):
-    """State of :func:`hybrid_adam_lbfgs`; ``W`` is ``plateau_window``, ``float`` the params' dtype."""
+    """State of :func:`hybrid_adam_lbfgs` (``W``: ``plateau_window``; float: the params' dtype)."""
 
     adam: optax.OptState  # Adam's state (moments like params, int32 count); frozen after the switch
     lbfgs: optax.OptState  # L-BFGS state; initialised at the switch from the params then
@@ -187,8 +187,9 @@ def hybrid_adam_lbfgs(
             grad_norms=jnp.zeros(window, dtype),
         )
 
-    def update_fn(updates, state: HybridState, params=None, *, value, grad=None, value_fn,
-                  **extra_args: Any):
+    def update_fn(
+        updates, state: HybridState, params=None, *, value, grad=None, value_fn, **extra_args: Any
+    ):
         del extra_args
         if params is None:
             raise ValueError("hybrid_adam_lbfgs.update needs `params` (the L-BFGS line search).")
@@ -199,7 +200,10 @@ def hybrid_adam_lbfgs(
         in_adam = state.phase == ADAM_PHASE
         dtype = state.losses.dtype
         losses, grad_norms = push_history(
-            state.losses, state.grad_norms, k, jnp.asarray(value, dtype),
+            state.losses,
+            state.grad_norms,
+            k,
+            jnp.asarray(value, dtype),
             tree_norm(updates).astype(dtype),
         )
         losses = jnp.where(in_adam, losses, state.losses)
@@ -209,7 +213,7 @@ def hybrid_adam_lbfgs(
 
         def adam_step(_):
             new_updates, adam_state = adam.update(updates, state.adam, params)
-            return _cast_like(new_updates, params), adam_state, state.lbfgs
+            return _cast_like(new_updates, params), _cast_like(adam_state, state.adam), state.lbfgs
 
         def lbfgs_step(_):
             fresh = _cast_like(lbfgs_tx.init(params), state.lbfgs)

@@ -119,6 +119,15 @@ def column_norms(jac: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(jac * jac, axis=0))
 
 
+def _r_factor(aug: jax.Array) -> jax.Array:
+    # R of the QR of [A | b] holds R of A and Q'b in its last column; mode="r" skips
+    # forming Q (LAPACK geqrf only), which is most of the cost for tall A.
+    rows, cols = aug.shape
+    if rows < cols:
+        aug = jnp.concatenate([aug, jnp.zeros((cols - rows, cols), aug.dtype)])
+    return jnp.linalg.qr(aug, mode="r")[: cols - 1]
+
+
 def factorize(jac: jax.Array, residual: jax.Array, linear_solver: str):
     """Factor the accepted Jacobian once, for every trial damping until the next acceptance.
 
@@ -128,22 +137,19 @@ def factorize(jac: jax.Array, residual: jax.Array, linear_solver: str):
     """
     if linear_solver == "cholesky":
         return jac.T @ jac, jac.T @ residual
-    m, n = jac.shape
-    if m < n:
-        # Zero rows change neither J'J nor J'r and make R square.
-        jac = jnp.concatenate([jac, jnp.zeros((n - m, n), jac.dtype)])
-        residual = jnp.concatenate([residual, jnp.zeros((n - m,), residual.dtype)])
-    q, r = jnp.linalg.qr(jac, mode="reduced")
-    return r, q.T @ residual
+    r_aug = _r_factor(jnp.concatenate([jac, residual[:, None]], axis=1))
+    return r_aug[:, :-1], r_aug[:, -1]
 
 
 def _qr_damped(r_mat, qtr, diag, damping):
     # min ||R p + Q'r||^2 + lam ||D p||^2 as one (2n x n) least-squares problem.
     n = r_mat.shape[0]
-    stacked = jnp.concatenate([r_mat, jnp.sqrt(damping) * jnp.diag(diag)])
-    rhs = jnp.concatenate([qtr, jnp.zeros((n,), qtr.dtype)])
-    q2, r2 = jnp.linalg.qr(stacked, mode="reduced")
-    return -jax.scipy.linalg.solve_triangular(r2, q2.T @ rhs, lower=False)
+    top = jnp.concatenate([r_mat, qtr[:, None]], axis=1)
+    bottom = jnp.concatenate(
+        [jnp.sqrt(damping) * jnp.diag(diag), jnp.zeros((n, 1), qtr.dtype)], axis=1
+    )
+    r2 = _r_factor(jnp.concatenate([top, bottom]))
+    return -jax.scipy.linalg.solve_triangular(r2[:, :-1], r2[:, -1], lower=False)
 
 
 def damped_step(factor, rhs, jac, residual, diag, damping, linear_solver: str) -> jax.Array:

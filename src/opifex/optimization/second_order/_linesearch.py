@@ -4,7 +4,7 @@ Along a descent direction ``d`` from ``x`` it looks for a step ``a`` meeting the
 conditions on ``phi(a) = f(x + a d)`` (Nocedal & Wright, *Numerical Optimization*, 2nd ed.,
 Alg. 3.5 bracketing and Alg. 3.6 zoom, with safeguarded cubic/quadratic interpolation)::
 
-    phi(a) <= phi(0) + c1 a phi'(0)          (sufficient decrease, Armijo)
+    phi(a) <= phi(0) + c1 a phi'(0), phi(a) < phi(0)   (sufficient decrease, Armijo)
     |phi'(a)| <= c2 |phi'(0)|                (strong curvature)
 
 When the zoom cannot meet both (its budget runs out or its bracket collapses, as happens with
@@ -170,7 +170,9 @@ def line_search(
         da = jnp.vdot(g, direction)
         n = s.num_evals + 1
         finite = jnp.isfinite(f) & jnp.isfinite(da)
-        armijo = finite & (f <= f0 + c1 * a * dphi0)
+        # Strict decrease too: for steps so small that c1 a phi'(0) is below rounding, the
+        # Armijo test alone would accept f == f0 and the caller would stall.
+        armijo = finite & (f <= f0 + c1 * a * dphi0) & (f < f0)
         curvature = jnp.abs(da) <= -c2 * dphi0
         in_bracket = s.phase == _BRACKET
         in_backtrack = s.phase == _BACKTRACK

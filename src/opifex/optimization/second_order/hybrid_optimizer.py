@@ -94,9 +94,7 @@ class HybridOptimizer:
         if config is None:
             config = HybridOptimizerConfig()
         if not isinstance(config, HybridOptimizerConfig):
-            raise TypeError(
-                f"config must be a HybridOptimizerConfig, got {type(config).__name__}."
-            )
+            raise TypeError(f"config must be a HybridOptimizerConfig, got {type(config).__name__}.")
         self.config = config
         self.transform = hybrid_adam_lbfgs(**config.to_kwargs())
 
@@ -108,9 +106,7 @@ class HybridOptimizer:
         """``self.transform.update`` (needs ``value``, ``grad`` and ``value_fn``)."""
         return self.transform.update(grads, state, params, **extra_args)
 
-    def optimize(
-        self, fn: Callable, params, args=None, *, num_steps: int
-    ) -> HybridResult:
+    def optimize(self, fn: Callable, params, args=None, *, num_steps: int) -> HybridResult:
         """Minimise ``fn(params, args)`` with up to ``num_steps`` updates in one jitted loop.
 
         Stops early, with status CONVERGED, once in the L-BFGS phase ``max|grad| <=
@@ -170,4 +166,3 @@ class HybridOptimizer:
 
 
 __all__ = ["HybridOptimizer", "HybridResult"]
-

@@ -204,11 +204,11 @@ class NNXLBFGSWrapper:
             return loss, _like(new_rest, rest)
 
         def evaluate(params, rest, opt_state):
-            (value, new_rest), grad = jax.value_and_grad(loss_and_rest, has_aux=True)(
-                params, rest
+            (value, new_rest), grad = jax.value_and_grad(loss_and_rest, has_aux=True)(params, rest)
+            mutated = any(
+                a is not b
+                for a, b in zip(jax.tree.leaves(new_rest), jax.tree.leaves(rest), strict=True)
             )
-            mutated = any(a is not b for a, b in zip(jax.tree.leaves(new_rest),
-                                                       jax.tree.leaves(rest), strict=True))
             if reuse and not mutated:
                 # Nothing but the params moves: reuse the line search's last evaluation.
                 # The fresh evaluation above is then dead code and compiled away.
@@ -256,6 +256,11 @@ class NNXLBFGSWrapper:
                 "NNXLBFGSWrapper for the new model."
             )
         return params, rest
+
+    def reset(self) -> None:
+        """Forget the optimizer state (L-BFGS memory, Adam moments, phase) but keep the
+        compiled steps; the model's variables are left as they are."""
+        self.opt_state = self._tx.init(_split(self.model)[1])
 
     def step(self, loss_fn: LossFn, *batch: Any) -> jax.Array:
         """One update of the model's parameters; returns the loss before the update.
