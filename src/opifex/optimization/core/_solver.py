@@ -24,7 +24,7 @@ import numpy as np
 
 from opifex.optimization.core._implicit import attach_implicit_grad
 from opifex.optimization.core._status import SolverError, Status
-from opifex.optimization.core._tree import tree_all_finite, tree_select
+from opifex.optimization.core._tree import tree_all_finite
 
 Params = Any
 Args = Any
@@ -116,8 +116,12 @@ def _run(solver: Solver, params, args, max_steps: int):
         p_new, s_new = solver.step(p, s, args)
         ok = jnp.isfinite(s_new.value) & tree_all_finite(p_new)
         # Keep the last finite iterate and its state; only the status and count move on.
-        kept = s._replace(status=nonfinite, count=s_new.count)
-        return tree_select(ok, p_new, p), tree_select(ok, s_new, kept)
+        # A cond (not a leafwise select) so the common path copies no buffers.
+        return jax.lax.cond(
+            ok,
+            lambda: (p_new, s_new),
+            lambda: (p, s._replace(status=nonfinite, count=s_new.count)),
+        )
 
     params, state = jax.lax.while_loop(cond, body, (params, state))
     status = jnp.where(state.status == running, jnp.int32(Status.MAX_STEPS), state.status)

@@ -39,7 +39,8 @@ def _lbfgs_transform(config: LBFGSConfig) -> optax.GradientTransformationExtraAr
     return create_lbfgs_optimizer(config)
 
 
-def _float_dtype(params) -> jnp.dtype:
+def float_dtype(params) -> jnp.dtype:
+    """The common floating dtype of the params' float leaves."""
     floats = [
         jnp.result_type(x)
         for x in jax.tree.leaves(params)
@@ -176,7 +177,7 @@ def hybrid_adam_lbfgs(
     }
 
     def init_fn(params) -> HybridState:
-        dtype = _float_dtype(params)
+        dtype = float_dtype(params)
         return HybridState(
             adam=adam.init(params),
             lbfgs=lbfgs_tx.init(params),

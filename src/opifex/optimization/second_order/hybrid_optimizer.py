@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -14,6 +15,7 @@ from opifex.optimization.core import Status
 from opifex.optimization.second_order._hybrid import (
     LBFGS_PHASE,
     HybridState,
+    float_dtype,
     hybrid_adam_lbfgs,
     transform_loop,
 )
@@ -46,11 +48,16 @@ class HybridResult(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("tx", "fn", "num_steps", "gtol", "ftol"))
 def _optimize(tx, fn, params, args, *, num_steps, gtol, ftol):
-    value_and_grad = optax.value_and_grad_from_state(fn)
+    dtype = float_dtype(params)  # the loss in the params' precision, as the line search stores it
+
+    def objective(p):
+        return jnp.asarray(fn(p, args), dtype)
+
+    value_and_grad = optax.value_and_grad_from_state(objective)
 
     def evaluate(x, aux, state):
-        value, grad = value_and_grad(x, args, state=state)
-        return value, grad, aux, lambda p: fn(p, args)
+        value, grad = value_and_grad(x, state=state)
+        return value, grad, aux, objective
 
     return transform_loop(
         tx,

@@ -30,6 +30,7 @@ from opifex.optimization.core import Status
 from opifex.optimization.second_order._hybrid import (
     LBFGS_PHASE,
     HybridState,
+    float_dtype,
     hybrid_adam_lbfgs,
     transform_loop,
 )
@@ -183,11 +184,13 @@ class NNXLBFGSWrapper:
 
     # -- traced -------------------------------------------------------------------------
 
-    def _evaluator(self, loss_fn: LossFn, batch, *, reuse: bool):
+    def _evaluator(self, loss_fn: LossFn, batch, params, *, reuse: bool):
         graphdef = self._graphdef
+        # The loss in the params' precision, the dtype the line search stores it in.
+        dtype = float_dtype(params)
 
         def pure_loss(params, rest):
-            return loss_fn(nnx.merge(graphdef, params, rest), *batch)
+            return jnp.asarray(loss_fn(nnx.merge(graphdef, params, rest), *batch), dtype)
 
         def loss_and_rest(params, rest):
             model = nnx.merge(graphdef, params, rest)
@@ -201,27 +204,37 @@ class NNXLBFGSWrapper:
                 )
             if jnp.shape(loss) != ():
                 raise ValueError(f"loss_fn must return a scalar, got shape {jnp.shape(loss)}.")
-            return loss, _like(new_rest, rest)
+            return jnp.asarray(loss, dtype), _like(new_rest, rest)
+
+        def mutates(params, rest) -> bool:
+            # Trace-time test (no compiled code): a Variable the loss leaves alone comes back
+            # as the very tracer that went in.
+            found = []
+
+            def probe(p, r):
+                new_rest = loss_and_rest(p, r)[1]
+                leaves = zip(jax.tree.leaves(new_rest), jax.tree.leaves(r), strict=True)
+                found.append(any(a is not b for a, b in leaves))
+                return 0
+
+            jax.eval_shape(probe, params, rest)
+            return found[0]
 
         def evaluate(params, rest, opt_state):
-            (value, new_rest), grad = jax.value_and_grad(loss_and_rest, has_aux=True)(params, rest)
-            mutated = any(
-                a is not b
-                for a, b in zip(jax.tree.leaves(new_rest), jax.tree.leaves(rest), strict=True)
-            )
-            if reuse and not mutated:
+            if reuse and not mutates(params, rest):
                 # Nothing but the params moves: reuse the line search's last evaluation.
-                # The fresh evaluation above is then dead code and compiled away.
                 value, grad = optax.value_and_grad_from_state(pure_loss)(
                     params, rest, state=opt_state
                 )
+                return value, grad, rest, lambda p: pure_loss(p, rest)
+            (value, new_rest), grad = jax.value_and_grad(loss_and_rest, has_aux=True)(params, rest)
             return value, grad, new_rest, lambda p: pure_loss(p, rest)
 
         return evaluate
 
     def _step_impl(self, params, rest, opt_state, batch, *, loss_fn):
         self.num_traces += 1
-        evaluate = self._evaluator(loss_fn, batch, reuse=False)
+        evaluate = self._evaluator(loss_fn, batch, params, reuse=False)
         value, grad, new_rest, value_fn = evaluate(params, rest, opt_state)
         updates, opt_state = self._tx.update(
             grad, opt_state, params, value=value, grad=grad, value_fn=value_fn
@@ -230,7 +243,7 @@ class NNXLBFGSWrapper:
 
     def _fit_impl(self, params, rest, opt_state, batch, *, loss_fn, num_steps):
         self.num_traces += 1
-        evaluate = self._evaluator(loss_fn, batch, reuse=True)
+        evaluate = self._evaluator(loss_fn, batch, params, reuse=True)
         cfg = self._lbfgs_config
         return transform_loop(
             self._tx,
