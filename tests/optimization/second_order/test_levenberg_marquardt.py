@@ -44,11 +44,7 @@ def helical_valley(p, a):
 
 def box3d(p, a):
     t = 0.1 * jnp.arange(1.0, 11.0)
-    return (
-        jnp.exp(-t * p[0])
-        - jnp.exp(-t * p[1])
-        - p[2] * (jnp.exp(-t) - jnp.exp(-10 * t))
-    ) * a
+    return (jnp.exp(-t * p[0]) - jnp.exp(-t * p[1]) - p[2] * (jnp.exp(-t) - jnp.exp(-10 * t))) * a
 
 
 def _linear_data(seed=0, m=12, n=4):
@@ -171,11 +167,11 @@ def test_grad_through_solve_nonlinear_finite_differences(factory):
         return p[0] + 3.0 * p[1]
 
     grad = jax.grad(loss)(y)
-    eps = 1e-5
+    eps = 1e-3  # central differences: O(eps^2) truncation, well above the solver's noise
     for i in (0, 7, 19):
         e = jnp.zeros_like(y).at[i].set(eps)
         fd = (loss(y + e) - loss(y - e)) / (2 * eps)
-        np.testing.assert_allclose(grad[i], fd, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(grad[i], fd, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("factory", SOLVERS.values(), ids=SOLVERS)
@@ -280,7 +276,9 @@ def test_bounds_inactive_and_partly_active():
     free = solve(levenberg_marquardt(expfit, bounds=(-10.0, 10.0)), jnp.array([1.0, -1.0]), (_T, y))
     np.testing.assert_allclose(free.params, [2.0, -1.5], rtol=1e-10)
     # Only the amplitude is capped; start on the bound.
-    lm = levenberg_marquardt(expfit, bounds=(jnp.array([-jnp.inf, -jnp.inf]), jnp.array([1.5, jnp.inf])))
+    lm = levenberg_marquardt(
+        expfit, bounds=(jnp.array([-jnp.inf, -jnp.inf]), jnp.array([1.5, jnp.inf]))
+    )
     sol = solve(lm, jnp.array([1.5, -1.0]), (_T, y))
     ref = least_squares(
         lambda p: np.asarray(expfit(p, (_T, y))),
@@ -392,7 +390,7 @@ def _first_rejection(**kw):
     lm = _lm(initial_damping=1e-12, **kw)
     x0 = jnp.array([-1.2, 1.0])
     s0 = lm.init(x0, 1.0)
-    x1, s1 = lm.step(x0, s0, 1.0)
+    _, s1 = lm.step(x0, s0, 1.0)
     return s0, s1
 
 
@@ -420,7 +418,9 @@ def test_field_max_damping():
     lm = levenberg_marquardt(fn, max_damping=1e3)
     sol = solve(lm, jnp.array([0.0, 0.0]), jnp.zeros(2), max_steps=100)
     assert int(sol.status) == Status.STAGNATED and int(sol.num_steps) < 20
-    wide = solve(levenberg_marquardt(fn, max_damping=1e300), jnp.zeros(2), jnp.zeros(2), max_steps=15)
+    wide = solve(
+        levenberg_marquardt(fn, max_damping=1e300), jnp.zeros(2), jnp.zeros(2), max_steps=15
+    )
     assert int(wide.status) == Status.MAX_STEPS
 
 

@@ -250,4 +250,11 @@ def log_relative_error(estimate, certified) -> np.ndarray:
     return np.clip(lre, 0.0, 15.0)
 
 
-__all__ = ["NIST_PROBLEMS", "SOURCE", "NistProblem", "load_nist", "log_relative_error", "parse_nist"]
+__all__ = [
+    "NIST_PROBLEMS",
+    "SOURCE",
+    "NistProblem",
+    "load_nist",
+    "log_relative_error",
+    "parse_nist",
+]

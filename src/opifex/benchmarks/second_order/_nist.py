@@ -84,9 +84,7 @@ def _optimistix(kind, residual, repeats):
     solver = getattr(optx, kind)(rtol=1e-12, atol=1e-12)
 
     def run(b, args):
-        sol = optx.least_squares(
-            residual, solver, b, args, max_steps=_MAX_STEPS, throw=False
-        )
+        sol = optx.least_squares(residual, solver, b, args, max_steps=_MAX_STEPS, throw=False)
         return sol.value, sol.result == optx.RESULTS.successful, sol.stats["num_steps"]
 
     def measure(b0, args):
@@ -215,36 +213,64 @@ def run(ctx: Context) -> list[Record]:
     solved = {s: int(np.sum(col(s, "digits") >= _SOLVED)) for s in _SOLVERS}
     return [
         Record(
-            "nist LM cases >= 6 digits", solved["ours LM"], "cases", target=f">= {n}",
-            peer="scipy lm", peer_value=solved["scipy lm"],
+            "nist LM cases >= 6 digits",
+            solved["ours LM"],
+            "cases",
+            target=f">= {n}",
+            peer="scipy lm",
+            peer_value=solved["scipy lm"],
         ),
         Record(
-            "nist LM mean digits", float(ours.mean()), "digits", target=">= 9",
-            peer="scipy lm", peer_value=float(col("scipy lm", "digits").mean()),
+            "nist LM mean digits",
+            float(ours.mean()),
+            "digits",
+            target=">= 9",
+            peer="scipy lm",
+            peer_value=float(col("scipy lm", "digits").mean()),
         ),
         Record(
-            "nist LM evals / scipy lm (median)", eval_ratio, "ratio", target="<= 1.5",
-            peer="scipy lm", peer_value=1.0,
+            "nist LM evals / scipy lm (median)",
+            eval_ratio,
+            "ratio",
+            target="<= 1.5",
+            peer="scipy lm",
+            peer_value=1.0,
         ),
         Record(
-            "nist LM time / optimistix LM (median)", time_ratio, "ratio", target="<= 1",
-            peer="optx LM", peer_value=1.0,
+            "nist LM time / optimistix LM (median)",
+            time_ratio,
+            "ratio",
+            target="<= 1",
+            peer="optx LM",
+            peer_value=1.0,
         ),
         Record("nist LM false convergences", false_conv, "cases", target="<= 0"),
         Record(
-            "nist GN cases >= 6 digits", solved["ours GN"], "cases",
-            peer="optx GN", peer_value=solved["optx GN"],
+            "nist GN cases >= 6 digits",
+            solved["ours GN"],
+            "cases",
+            peer="optx GN",
+            peer_value=solved["optx GN"],
         ),
         Record(
-            "nist LM median time per solve", float(np.median(col("ours LM", "time_s"))), "s",
-            peer="optx LM", peer_value=float(np.median(col("optx LM", "time_s"))),
+            "nist LM median time per solve",
+            float(np.median(col("ours LM", "time_s"))),
+            "s",
+            peer="optx LM",
+            peer_value=float(np.median(col("optx LM", "time_s"))),
         ),
         Record(
-            "nist LM median compile time", float(np.median(col("ours LM", "compile_s"))), "s",
-            peer="optx LM", peer_value=float(np.median(col("optx LM", "compile_s"))),
+            "nist LM median compile time",
+            float(np.median(col("ours LM", "compile_s"))),
+            "s",
+            peer="optx LM",
+            peer_value=float(np.median(col("optx LM", "compile_s"))),
         ),
         Record(
-            "nist scipy trf cases >= 6 digits", solved["scipy trf"], "cases",
-            peer="optx LM", peer_value=solved["optx LM"],
+            "nist scipy trf cases >= 6 digits",
+            solved["scipy trf"],
+            "cases",
+            peer="optx LM",
+            peer_value=solved["optx LM"],
         ),
     ]

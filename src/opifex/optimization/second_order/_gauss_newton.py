@@ -114,37 +114,38 @@ def gauss_newton(
         dt = x.dtype
         ones = jnp.ones_like(x)
         p = lsq.damped_step(
-            state.factor, state.rhs, state.jac, state.residual, ones, jnp.zeros((), dt),
+            state.factor,
+            state.rhs,
+            state.jac,
+            state.residual,
+            ones,
+            jnp.zeros((), dt),
             linear_solver,
         )
         slope = state.grad @ p
 
         def trial(t):
             r = prob.fun(x + t * p, args)
-            return r, 0.5 * r @ r
+            return 0.5 * r @ r
 
         def armijo(t, value):
             return value <= state.value + _ARMIJO_C1 * t * slope
 
-        r1, f1 = trial(jnp.ones((), dt))
+        one = jnp.ones((), dt)
         if line_search:
 
             def cond(carry):
-                t, _, f, k = carry
+                t, f, k = carry
                 return ~armijo(t, f) & (k <= max_linesearch_steps)
 
             def body(carry):
-                t, _, _, k = carry
-                t = 0.5 * t
-                r, f = trial(t)
-                return t, r, f, k + 1
+                t, _, k = carry
+                return 0.5 * t, trial(0.5 * t), k + 1
 
-            t, r_new, value_new, evals = jax.lax.while_loop(
-                cond, body, (jnp.ones((), dt), r1, f1, jnp.int32(1))
-            )
+            t, value_new, evals = jax.lax.while_loop(cond, body, (one, trial(one), jnp.int32(1)))
             ok = armijo(t, value_new)
         else:
-            t, r_new, value_new, evals = jnp.ones((), dt), r1, f1, jnp.int32(1)
+            t, value_new, evals = one, trial(one), jnp.int32(1)
             ok = jnp.asarray(True)
         x_new = x + t * p
 
@@ -177,10 +178,12 @@ def gauss_newton(
         # a non-finite Jacobian at a finite point ends the solve here.
         status = jnp.where(ok & jnp.isfinite(value_new) & ~jac_ok, Status.NONFINITE, status)
         take = ok & jac_ok
+        # A full step (no line search) into NaN is handed to the driver as is.
+        blown_up = ok & ~jnp.isfinite(value_new)
         new_state = GaussNewtonState(
             count=count,
             status=status.astype(jnp.int32),
-            value=jnp.where(take | ~jnp.isfinite(value_new), value_new, state.value),
+            value=jnp.where(take | blown_up, value_new, state.value),
             residual=jnp.where(take, residual, state.residual),
             jac=jnp.where(take, jac, state.jac),
             grad=jnp.where(take, grad, state.grad),
@@ -190,7 +193,7 @@ def gauss_newton(
             num_fun_evals=state.num_fun_evals + evals,
             num_jac_evals=state.num_jac_evals + ok.astype(jnp.int32),
         )
-        return unravel(jnp.where(take | ~jnp.isfinite(value_new), x_new, x)), new_state
+        return unravel(jnp.where(take | blown_up, x_new, x)), new_state
 
     return Solver(init, step, lsq.least_squares_optimality(residual_fn))
 

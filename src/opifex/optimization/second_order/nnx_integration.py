@@ -1,9 +1,11 @@
 """L-BFGS (and Adam -> L-BFGS) over the ``nnx.Param`` of any Flax NNX module.
 
 The model is split once per call into ``graphdef``, its parameters and the rest of its state
-(BatchNorm statistics, RNG counters, any other ``Variable``); the optimizer sees only the
-parameters, and the line search evaluates the loss as a pure function of them by merging
-``graphdef`` with candidate parameters and the step's fixed non-parameter state.
+(BatchNorm statistics, RNG counters, any other ``Variable``). :class:`NNXLBFGSWrapper` runs
+the optimizer on the parameters ravelled into one vector (``ravel_pytree``; Adam is
+elementwise and L-BFGS only takes inner products, so this is the same method), and the line
+search evaluates the loss as a pure function of that vector by merging ``graphdef`` with the
+candidate parameters and the step's fixed non-parameter state.
 
 Non-parameter state follows a normal training step. If the loss leaves every non-parameter
 ``Variable`` untouched (e.g. no BatchNorm in training mode, no dropout), :meth:`fit` reuses
@@ -25,12 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.flatten_util import ravel_pytree
 
 from opifex.optimization.core import Status
 from opifex.optimization.second_order._hybrid import (
     LBFGS_PHASE,
     HybridState,
-    float_dtype,
     hybrid_adam_lbfgs,
     transform_loop,
 )
@@ -82,6 +84,12 @@ def _check_model(model) -> None:
 def _split(model):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return graphdef, nnx.as_pure(params), nnx.as_pure(rest)
+
+
+def _flat(params) -> jax.Array:
+    # The optimizer runs on one vector: the same arithmetic as raw L-BFGS on ravelled
+    # params, without per-leaf work in every two-loop recursion and line-search trial.
+    return ravel_pytree(params)[0]
 
 
 def _like(new, old):
@@ -147,7 +155,7 @@ class NNXLBFGSWrapper:
 
     Attributes:
         model: The model.
-        opt_state: The transformation's state over the parameters.
+        opt_state: The transformation's state over the ravelled parameter vector.
         num_traces: How many times a step or fit function was traced (compiled).
 
     Raises:
@@ -177,23 +185,22 @@ class NNXLBFGSWrapper:
         self._tx, self._lbfgs_config = _transform(config)
         self._hybrid = isinstance(config, HybridOptimizerConfig)
         self._graphdef, params, _ = _split(model)
-        self.opt_state = self._tx.init(params)
+        self.opt_state = self._tx.init(_flat(params))
         self.num_traces = 0
         self._step_jit = jax.jit(self._step_impl, static_argnames=("loss_fn",))
         self._fit_jit = jax.jit(self._fit_impl, static_argnames=("loss_fn", "num_steps"))
 
     # -- traced -------------------------------------------------------------------------
 
-    def _evaluator(self, loss_fn: LossFn, batch, params, *, reuse: bool):
+    def _evaluator(self, loss_fn: LossFn, batch, unravel, dtype, *, reuse: bool):
+        """Loss and gradient as functions of the flat parameter vector ``v``."""
         graphdef = self._graphdef
-        # The loss in the params' precision, the dtype the line search stores it in.
-        dtype = float_dtype(params)
 
-        def pure_loss(params, rest):
-            return jnp.asarray(loss_fn(nnx.merge(graphdef, params, rest), *batch), dtype)
+        def pure_loss(v, rest):
+            return jnp.asarray(loss_fn(nnx.merge(graphdef, unravel(v), rest), *batch), dtype)
 
-        def loss_and_rest(params, rest):
-            model = nnx.merge(graphdef, params, rest)
+        def loss_and_rest(v, rest):
+            model = nnx.merge(graphdef, unravel(v), rest)
             loss = loss_fn(model, *batch)
             new_rest = nnx.as_pure(nnx.split(model, nnx.Param, ...)[2])
             if jax.tree.structure(new_rest) != jax.tree.structure(rest):
@@ -234,21 +241,23 @@ class NNXLBFGSWrapper:
 
     def _step_impl(self, params, rest, opt_state, batch, *, loss_fn):
         self.num_traces += 1
-        evaluate = self._evaluator(loss_fn, batch, params, reuse=False)
-        value, grad, new_rest, value_fn = evaluate(params, rest, opt_state)
+        v, unravel = ravel_pytree(params)
+        evaluate = self._evaluator(loss_fn, batch, unravel, v.dtype, reuse=False)
+        value, grad, new_rest, value_fn = evaluate(v, rest, opt_state)
         updates, opt_state = self._tx.update(
-            grad, opt_state, params, value=value, grad=grad, value_fn=value_fn
+            grad, opt_state, v, value=value, grad=grad, value_fn=value_fn
         )
-        return optax.apply_updates(params, updates), new_rest, opt_state, value
+        return unravel(v + updates), new_rest, opt_state, value
 
     def _fit_impl(self, params, rest, opt_state, batch, *, loss_fn, num_steps):
         self.num_traces += 1
-        evaluate = self._evaluator(loss_fn, batch, params, reuse=True)
+        v, unravel = ravel_pytree(params)
+        evaluate = self._evaluator(loss_fn, batch, unravel, v.dtype, reuse=True)
         cfg = self._lbfgs_config
-        return transform_loop(
+        res = transform_loop(
             self._tx,
             evaluate,
-            params,
+            v,
             rest,
             opt_state,
             num_steps=num_steps,
@@ -256,6 +265,7 @@ class NNXLBFGSWrapper:
             ftol=float(cfg.ftol),
             phase_fn=(lambda s: s.phase == LBFGS_PHASE) if self._hybrid else None,
         )
+        return res._replace(params=unravel(res.params))
 
     # -- host ---------------------------------------------------------------------------
 
@@ -273,7 +283,7 @@ class NNXLBFGSWrapper:
     def reset(self) -> None:
         """Forget the optimizer state (L-BFGS memory, Adam moments, phase) but keep the
         compiled steps; the model's variables are left as they are."""
-        self.opt_state = self._tx.init(_split(self.model)[1])
+        self.opt_state = self._tx.init(_flat(_split(self.model)[1]))
 
     def step(self, loss_fn: LossFn, *batch: Any) -> jax.Array:
         """One update of the model's parameters; returns the loss before the update.
