@@ -11,7 +11,7 @@ def test_env_var_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv(_data.ENV_VAR, str(tmp_path))
     assert _data.data_dir() == tmp_path
     assert _data.data_path("nist_strd", "X.dat").read_text() == "x"
-    with pytest.raises(FileNotFoundError, match="missing: .*Y.dat"):
+    with pytest.raises(FileNotFoundError, match=r"missing: .*Y\.dat"):
         _data.data_path("nist_strd", "Y.dat")
 
 

@@ -28,8 +28,15 @@ def _nist_fits(ctx: Context, names: list[str]) -> None:
     ctx.console.rule("[bold]1. NIST StRD certified fits (Levenberg-Marquardt, float64)")
     ctx.console.print(f"[dim]data: {SOURCE}[/dim]")
     table = Table()
-    for col in ("problem", "start", "digits (opifex)", "digits (scipy lm)", "evals (opifex)",
-                "evals (scipy lm)", "status"):
+    for col in (
+        "problem",
+        "start",
+        "digits (opifex)",
+        "digits (scipy lm)",
+        "evals (opifex)",
+        "evals (scipy lm)",
+        "status",
+    ):
         table.add_column(col, justify="left" if col in ("problem", "status") else "right")
     fits = []
     with ctx.progress() as progress:
@@ -44,18 +51,34 @@ def _nist_fits(ctx: Context, names: list[str]) -> None:
                 sol = solve(solver, jnp.asarray(start), args, max_steps=1000)
                 ours = log_relative_error(sol.params, problem.certified).min()
                 peer = least_squares(
-                    lambda b: np.asarray(res(jnp.asarray(b), args)),
+                    lambda b, res=res, args=args: np.asarray(res(jnp.asarray(b), args)),
                     start,
-                    jac=lambda b: np.asarray(jac(jnp.asarray(b), args)),
-                    method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15,
+                    jac=lambda b, jac=jac, args=args: np.asarray(jac(jnp.asarray(b), args)),
+                    method="lm",
+                    xtol=1e-15,
+                    ftol=1e-15,
+                    gtol=1e-15,
                 )
                 theirs = log_relative_error(peer.x, problem.certified).min()
                 evals = int(sol.state.num_fun_evals) + int(sol.state.num_jac_evals)
                 peer_evals = int(peer.nfev) + int(peer.njev or 0)
                 status = sol.status.item()
-                table.add_row(name, str(k + 1), f"{ours:.1f}", f"{theirs:.1f}", str(evals),
-                              str(peer_evals), ["RUNNING", "CONVERGED", "MAX_STEPS", "NONFINITE",
-                                                "LINESEARCH_FAILED", "STAGNATED"][status])
+                table.add_row(
+                    name,
+                    str(k + 1),
+                    f"{ours:.1f}",
+                    f"{theirs:.1f}",
+                    str(evals),
+                    str(peer_evals),
+                    [
+                        "RUNNING",
+                        "CONVERGED",
+                        "MAX_STEPS",
+                        "NONFINITE",
+                        "LINESEARCH_FAILED",
+                        "STAGNATED",
+                    ][status],
+                )
                 if k == 0:
                     fits.append((problem, np.asarray(sol.params)))
                 progress.advance(task)
@@ -80,7 +103,7 @@ def _plot_fits(ctx: Context, fits) -> None:
         ax.plot(problem.x, problem.y, ".", ms=3, label="data")
         ax.plot(x, fitted, "-", lw=1.5, label="opifex LM fit")
         ax.set_title(problem.name)
-    for ax in axes.ravel()[len(shown):]:
+    for ax in axes.ravel()[len(shown) :]:
         ax.axis("off")
     axes.ravel()[0].legend()
     fig.suptitle("NIST StRD fits from start point 1")
@@ -117,9 +140,14 @@ def _lbfgs_race(ctx: Context, n: int) -> None:
     fun = jax.jit(lambda x: rosen(x, a))
     vg = jax.jit(jax.value_and_grad(lambda x: rosen(x, a)))
     scipy_curve = [float(fun(x0))]
-    minimize(lambda x: tuple(map(np.asarray, vg(jnp.asarray(x)))), np.asarray(x0), jac=True,
-             method="L-BFGS-B", options={"gtol": gtol, "ftol": 0.0, "maxiter": steps, "maxcor": 10},
-             callback=lambda xk: scipy_curve.append(float(fun(jnp.asarray(xk)))))
+    minimize(
+        lambda x: tuple(map(np.asarray, vg(jnp.asarray(x)))),
+        np.asarray(x0),
+        jac=True,
+        method="L-BFGS-B",
+        options={"gtol": gtol, "ftol": 0.0, "maxiter": steps, "maxcor": 10},
+        callback=lambda xk: scipy_curve.append(float(fun(jnp.asarray(xk)))),
+    )
 
     opt = optax.lbfgs(memory_size=10)
     value_and_grad = optax.value_and_grad_from_state(lambda x: rosen(x, a))
@@ -150,11 +178,16 @@ def _lbfgs_race(ctx: Context, n: int) -> None:
 
     ours_run = jax.jit(lambda x0: solve(solver, x0, a, max_steps=steps).value)
     optx_solver = optx.LBFGS(rtol=1e-10, atol=gtol)
-    optx_run = jax.jit(lambda x0: optx.minimise(rosen, optx_solver, x0, a, max_steps=steps,
-                                                throw=False).value)
+    optx_run = jax.jit(
+        lambda x0: optx.minimise(rosen, optx_solver, x0, a, max_steps=steps, throw=False).value
+    )
     scipy_run = lambda: minimize(  # noqa: E731
-        lambda x: tuple(map(np.asarray, vg(jnp.asarray(x)))), np.asarray(x0), jac=True,
-        method="L-BFGS-B", options={"gtol": gtol, "ftol": 0.0, "maxiter": steps, "maxcor": 10})
+        lambda x: tuple(map(np.asarray, vg(jnp.asarray(x)))),
+        np.asarray(x0),
+        jac=True,
+        method="L-BFGS-B",
+        options={"gtol": gtol, "ftol": 0.0, "maxiter": steps, "maxcor": 10},
+    )
 
     @jax.jit
     def optax_run(x0):
@@ -162,7 +195,8 @@ def _lbfgs_race(ctx: Context, n: int) -> None:
             _, s = c
             g = optax.tree.get(s, "grad")
             return (optax.tree.get(s, "count") == 0) | (
-                (optax.tree.get(s, "count") < steps) & (jnp.max(jnp.abs(g)) >= gtol))
+                (optax.tree.get(s, "count") < steps) & (jnp.max(jnp.abs(g)) >= gtol)
+            )
 
         def body(c):
             x, s = c
@@ -174,9 +208,12 @@ def _lbfgs_race(ctx: Context, n: int) -> None:
     with ctx.progress() as progress:
         task = progress.add_task("timing", total=4)
         times = {}
-        for label, run in (("opifex", lambda: ours_run(x0)), ("scipy L-BFGS-B", scipy_run),
-                           ("optax lbfgs", lambda: optax_run(x0)),
-                           ("optimistix LBFGS", lambda: optx_run(x0))):
+        for label, run in (
+            ("opifex", lambda: ours_run(x0)),
+            ("scipy L-BFGS-B", scipy_run),
+            ("optax lbfgs", lambda: optax_run(x0)),
+            ("optimistix LBFGS", lambda: optx_run(x0)),
+        ):
             times[label] = timed(run)
             progress.advance(task)
 
@@ -223,8 +260,11 @@ def run_demo(quick: bool = False, out_root: str | Path = "results") -> None:
     ctx = Context(suite="demo", quick=quick, out_dir=out_dir, console=console)
     from opifex.benchmarks.problems.nist import NIST_PROBLEMS
 
-    names = ["Misra1a", "Chwirut2", "DanWood", "MGH17", "Lanczos3", "Gauss3"] if quick else list(
-        NIST_PROBLEMS)
+    names = (
+        ["Misra1a", "Chwirut2", "DanWood", "MGH17", "Lanczos3", "Gauss3"]
+        if quick
+        else list(NIST_PROBLEMS)
+    )
     _nist_fits(ctx, [n for n in names if n in NIST_PROBLEMS])
     _lbfgs_race(ctx, n=20 if quick else 100)
     console.print(f"[bold green]done[/bold green]: plots in {out_dir}/")

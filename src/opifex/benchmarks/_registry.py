@@ -16,7 +16,11 @@ SUITES: dict[str, str] = {
 
 
 def run_suite(
-    name: str, *, quick: bool = False, out_root: Path | str = "results", console: Console | None = None
+    name: str,
+    *,
+    quick: bool = False,
+    out_root: Path | str = "results",
+    console: Console | None = None,
 ) -> list[Record]:
     """Run suite ``name``, print its table, write ``<out_root>/<name>/summary.json`` and plots."""
     if name not in SUITES:

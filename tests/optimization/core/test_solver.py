@@ -35,7 +35,7 @@ def test_max_steps_status_and_raise():
     assert sol.status == Status.MAX_STEPS and int(sol.num_steps) == 3
     # after 3 steps x = a (1 - 0.8^3)
     np.testing.assert_allclose(sol.params, np.full(2, 1 - 0.8**3), rtol=1e-12)
-    with pytest.raises(SolverError, match="MAX_STEPS.*after 3 steps.*raise `max_steps`"):
+    with pytest.raises(SolverError, match=r"MAX_STEPS.*after 3 steps.*raise `max_steps`"):
         sol.raise_for_status()
     with pytest.raises(SolverError):
         solve(gradient_descent(quad), jnp.zeros(2), jnp.ones(2), max_steps=3, throw=True)
@@ -183,3 +183,17 @@ def test_sharded_batch_equals_single_device(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK (7, 3)" in out.stdout
+
+
+def test_solver_budget_used_when_caller_gives_none():
+    base = gradient_descent(quad)
+    own = base._replace(max_steps=4)
+    sol = solve(own, jnp.zeros(2), jnp.ones(2))
+    assert sol.status == Status.MAX_STEPS and int(sol.num_steps) == 4
+    # an explicit max_steps wins over the solver's own budget
+    assert int(solve(own, jnp.zeros(2), jnp.ones(2), max_steps=2).num_steps) == 2
+    # no budget anywhere: the documented default
+    from opifex.optimization.core._solver import DEFAULT_MAX_STEPS
+
+    slow = gradient_descent(quad, learning_rate=1e-4)
+    assert int(solve(slow, jnp.zeros(2), jnp.ones(2)).num_steps) == DEFAULT_MAX_STEPS

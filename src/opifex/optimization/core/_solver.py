@@ -26,6 +26,7 @@ from opifex.optimization.core._implicit import attach_implicit_grad
 from opifex.optimization.core._status import SolverError, Status
 from opifex.optimization.core._tree import tree_all_finite
 
+DEFAULT_MAX_STEPS = 256
 Params = Any
 Args = Any
 State = Any
@@ -40,11 +41,14 @@ class Solver(NamedTuple):
         optimality_fn: ``(params, args) -> pytree`` that vanishes at a solution (e.g. the
             gradient). When given, :func:`solve` differentiates the solution w.r.t. ``args``
             implicitly. ``None`` disables differentiation through ``solve``.
+        max_steps: The solver's own step budget (its config's ``max_iterations``), used by
+            :func:`solve` when the caller gives none.
     """
 
     init: Callable[[Params, Args], State]
     step: Callable[[Params, State, Args], tuple[Params, State]]
     optimality_fn: Callable[[Params, Args], Params] | None = None
+    max_steps: int | None = None
 
 
 class Solution(NamedTuple):
@@ -134,7 +138,7 @@ def solve(
     params: Params,
     args: Args = None,
     *,
-    max_steps: int = 256,
+    max_steps: int | None = None,
     implicit_diff: bool = True,
     throw: bool = False,
 ) -> Solution:
@@ -150,6 +154,8 @@ def solve(
         params: Initial guess (any pytree of arrays).
         args: Problem data passed to the objective at call time (any pytree).
         max_steps: Step budget; a solve still running after it gets status ``MAX_STEPS``.
+            ``None`` uses ``solver.max_steps`` (the config's ``max_iterations``), or
+            :data:`DEFAULT_MAX_STEPS` for a solver without one.
         implicit_diff: Differentiate the returned params w.r.t. ``args`` by the implicit
             function theorem on ``solver.optimality_fn`` (never by unrolling).
         throw: Call :meth:`Solution.raise_for_status` before returning (host only, not
@@ -171,10 +177,12 @@ def solve(
         >>> sol.params.round(4).tolist(), sol.converged
         ([1.0, -2.0], True)
     """
-    if not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
-        raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}.")
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an opifex Solver(init, step), got {type(solver)}.")
+    if max_steps is None:
+        max_steps = DEFAULT_MAX_STEPS if solver.max_steps is None else solver.max_steps
+    if not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
+        raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}.")
     params_out, state = _run(
         solver, jax.lax.stop_gradient(params), jax.lax.stop_gradient(args), int(max_steps)
     )

@@ -37,7 +37,8 @@ _ADVICE = {
     Status.LINESEARCH_FAILED: (
         "the line search found no step with sufficient decrease",
         "the gradient may be inaccurate or the problem badly scaled; try float64, rescale the "
-        "variables or loosen the tolerances (the iterate may already be as good as precision allows)",
+        "variables or loosen the tolerances (the iterate may already be as good as precision "
+        "allows)",
     ),
     Status.STAGNATED: (
         "the iterate stopped changing before the convergence tests were met",
@@ -63,4 +64,6 @@ class SolverError(RuntimeError):
         if value is not None:
             where.append(f"at objective value {value:.6g}")
         loc = f" ({', '.join(where)})" if where else ""
-        super().__init__(f"Solver stopped with status {self.status.name}{loc}: {what}. Try: {hint}.")
+        super().__init__(
+            f"Solver stopped with status {self.status.name}{loc}: {what}. Try: {hint}."
+        )

@@ -195,7 +195,7 @@ def gauss_newton(
         )
         return unravel(jnp.where(take | blown_up, x_new, x)), new_state
 
-    return Solver(init, step, lsq.least_squares_optimality(residual_fn))
+    return Solver(init, step, lsq.least_squares_optimality(residual_fn), max_steps=max_iterations)
 
 
 __all__ = ["GaussNewtonState", "gauss_newton"]

@@ -267,7 +267,7 @@ def lbfgs_solver(
         )
         return unravel(x + s), new_state
 
-    return Solver(init, step, optimality_fn=jax.grad(fn))
+    return Solver(init, step, optimality_fn=jax.grad(fn), max_steps=max_iterations)
 
 
 class ScaleByLBFGSDirectionState(NamedTuple):

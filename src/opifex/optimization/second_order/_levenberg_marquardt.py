@@ -264,7 +264,12 @@ def levenberg_marquardt(
         )
         return unravel(jnp.where(take, x_new, x)), new_state
 
-    return Solver(init, step, lsq.least_squares_optimality(residual_fn, flat_bounds))
+    return Solver(
+        init,
+        step,
+        lsq.least_squares_optimality(residual_fn, flat_bounds),
+        max_steps=max_iterations,
+    )
 
 
 __all__ = ["LevenbergMarquardtState", "levenberg_marquardt"]

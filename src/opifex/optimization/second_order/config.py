@@ -91,8 +91,12 @@ class LBFGSConfig(_Config):
         _check(0 < self.c1 < 1, "c1", self.c1, "in (0, 1)")
         _check(self.c1 < self.c2 < 1, "c2", self.c2, f"in (c1={self.c1}, 1)")
         _nonneg("curvature_eps", self.curvature_eps)
-        _check(isinstance(self.scale_init_precond, bool), "scale_init_precond",
-               self.scale_init_precond, "a bool")
+        _check(
+            isinstance(self.scale_init_precond, bool),
+            "scale_init_precond",
+            self.scale_init_precond,
+            "a bool",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,8 +187,12 @@ class LevenbergMarquardtConfig(_Config):
         _positive("initial_damping", self.initial_damping)
         _check(self.damping_increase > 1, "damping_increase", self.damping_increase, "> 1")
         _positive("min_damping", self.min_damping)
-        _check(self.max_damping > self.min_damping, "max_damping", self.max_damping,
-               f"> min_damping={self.min_damping}")
+        _check(
+            self.max_damping > self.min_damping,
+            "max_damping",
+            self.max_damping,
+            f"> min_damping={self.min_damping}",
+        )
         _check(isinstance(self.scale_diag, bool), "scale_diag", self.scale_diag, "a bool")
         _choice("linear_solver", self.linear_solver, _LINEAR_SOLVERS)
         _choice("jacobian", self.jacobian, _JACOBIANS)

@@ -31,7 +31,9 @@ def _config(config, cls):
     return config
 
 
-def create_lbfgs_optimizer(config: LBFGSConfig | None = None) -> optax.GradientTransformationExtraArgs:
+def create_lbfgs_optimizer(
+    config: LBFGSConfig | None = None,
+) -> optax.GradientTransformationExtraArgs:
     """L-BFGS as an optax transformation (use it in any optax loop or ``nnx.Optimizer``).
 
     ``update`` needs the extra arguments ``value``, ``grad`` and ``value_fn`` exactly as
@@ -55,7 +57,7 @@ def create_lbfgs_optimizer(config: LBFGSConfig | None = None) -> optax.GradientT
         ...     value, grad = value_and_grad(x, state=state)
         ...     updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
         ...     x = optax.apply_updates(x, updates)
-        >>> x.round(5).tolist()
+        >>> [round(float(v), 5) for v in x]
         [3.0, 3.0, 3.0]
     """
     return lbfgs_transform(**_config(config, LBFGSConfig).to_kwargs())
@@ -83,7 +85,9 @@ def create_lbfgs_solver(fn: Callable, config: LBFGSConfig | None = None) -> Solv
     return lbfgs_solver(fn, **_config(config, LBFGSConfig).to_kwargs())
 
 
-def create_gauss_newton_solver(residual_fn: Callable, config: GaussNewtonConfig | None = None) -> Solver:
+def create_gauss_newton_solver(
+    residual_fn: Callable, config: GaussNewtonConfig | None = None
+) -> Solver:
     """Gauss-Newton on ``0.5 * ||residual_fn(params, args)||^2``.
 
     Args:
