@@ -122,6 +122,13 @@ def gauss_newton(
             jnp.zeros((), dt),
             linear_solver,
         )
+        # A rank-deficient J leaves the triangular solve singular; the minimum-norm
+        # least-squares step (SVD) still moves along the directions J does see.
+        p = jax.lax.cond(
+            jnp.all(jnp.isfinite(p)),
+            lambda: p,
+            lambda: jnp.linalg.lstsq(state.jac, -state.residual)[0].astype(dt),
+        )
         slope = state.grad @ p
 
         def trial(t):

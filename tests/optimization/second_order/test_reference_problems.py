@@ -1,0 +1,91 @@
+"""Every shared reference problem crossed with every second-order solver."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from tests.problems import problems
+
+from opifex.optimization import Status, solve
+from opifex.optimization.second_order import (
+    HybridOptimizer,
+    HybridOptimizerConfig,
+    LBFGSConfig,
+    create_gauss_newton_solver,
+    create_lbfgs_optimizer,
+    create_lbfgs_solver,
+    create_levenberg_marquardt_solver,
+)
+
+PROBLEMS = {p.name: p for p in problems()}
+
+
+def _as_jax(p):
+    return jnp.asarray(p.x0), jax.tree.map(jnp.asarray, p.args)
+
+
+def _lbfgs_solver(p):
+    x0, args = _as_jax(p)
+    sol = solve(create_lbfgs_solver(p.objective, LBFGSConfig(gtol=1e-10)), x0, args)
+    assert sol.status in (Status.CONVERGED, Status.LINESEARCH_FAILED)
+    return sol.params
+
+
+def _lbfgs_transform(p):
+    x0, args = _as_jax(p)
+    opt = create_lbfgs_optimizer(LBFGSConfig(gtol=1e-10))
+    fn = lambda x: p.objective(x, args)  # noqa: E731
+    value_and_grad = optax.value_and_grad_from_state(fn)
+
+    @jax.jit
+    def run(x):
+        def body(_, carry):
+            x, state = carry
+            value, grad = value_and_grad(x, state=state)
+            updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fn)
+            return optax.apply_updates(x, updates), state
+
+        return jax.lax.fori_loop(0, 300, body, (x, opt.init(x)))[0]
+
+    return run(x0)
+
+
+def _hybrid(p):
+    x0, args = _as_jax(p)
+    cfg = HybridOptimizerConfig(
+        adam_learning_rate=1e-2,
+        switch_criterion="step",
+        switch_step=20,
+        lbfgs=LBFGSConfig(gtol=1e-10),
+    )
+    return HybridOptimizer(cfg).optimize(p.objective, x0, args, num_steps=400).params
+
+
+def _gauss_newton(p):
+    x0, args = _as_jax(p)
+    return solve(create_gauss_newton_solver(p.residual), x0, args).params
+
+
+def _levenberg_marquardt(p):
+    x0, args = _as_jax(p)
+    sol = solve(create_levenberg_marquardt_solver(p.residual), x0, args)
+    assert sol.status == Status.CONVERGED
+    return sol.params
+
+
+SOLVERS = {
+    "lbfgs_solver": _lbfgs_solver,
+    "lbfgs_transform": _lbfgs_transform,
+    "hybrid": _hybrid,
+    "gauss_newton": _gauss_newton,
+    "levenberg_marquardt": _levenberg_marquardt,
+}
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_reaches_known_minimiser(solver, name):
+    p = PROBLEMS[name]
+    x = np.asarray(SOLVERS[solver](p))
+    np.testing.assert_allclose(x, p.x_star, atol=p.atol, rtol=0)

@@ -1,0 +1,51 @@
+"""The SPEC's second-order names live at the SPEC's module paths."""
+
+import dataclasses
+import importlib
+
+import optax
+import pytest
+
+SPEC = {
+    "opifex.optimization.second_order.config": [
+        "LBFGSConfig",
+        "GaussNewtonConfig",
+        "LevenbergMarquardtConfig",
+        "HybridOptimizerConfig",
+    ],
+    "opifex.optimization.second_order.wrappers": [
+        "create_lbfgs_optimizer",
+        "create_gauss_newton_solver",
+    ],
+    "opifex.optimization.second_order.hybrid_optimizer": ["HybridOptimizer"],
+    "opifex.optimization.second_order.nnx_integration": [
+        "NNXLBFGSWrapper",
+        "create_nnx_lbfgs_optimizer",
+    ],
+    "opifex.optimization": ["Solver", "Solution", "Status", "SolverError", "solve"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(SPEC))
+def test_names_exist(module):
+    mod = importlib.import_module(module)
+    for name in SPEC[module]:
+        assert hasattr(mod, name), f"{module}.{name} missing"
+
+
+def test_configs_are_frozen_kw_only_and_validated():
+    from opifex.optimization.second_order import config
+
+    for name in SPEC["opifex.optimization.second_order.config"]:
+        cls = getattr(config, name)
+        cfg = cls()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cfg.max_iterations = 3  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            cls(1)  # keyword-only
+
+
+def test_lbfgs_optimizer_is_an_optax_transform():
+    from opifex.optimization.second_order.wrappers import create_lbfgs_optimizer
+
+    assert isinstance(create_lbfgs_optimizer(), optax.GradientTransformationExtraArgs)
