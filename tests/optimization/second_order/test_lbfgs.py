@@ -387,3 +387,12 @@ def test_linesearch_failure_status_and_tiny_gradient_convergence():
     sol = solve(lbfgs_solver(rosenbrock, gtol=0.0), jnp.array([-1.2, 1.0]), 1.0)
     assert int(sol.status) == Status.CONVERGED
     np.testing.assert_allclose(sol.params, [1.0, 1.0], atol=1e-8)
+
+
+def test_transform_rejects_gradient_of_wrong_shape():
+    opt = lbfgs_transform()
+    x = jnp.zeros(3)
+    state = opt.init(x)
+    f = lambda x: jnp.sum(x**2)  # noqa: E731
+    with pytest.raises(ValueError, match=r"gradient shapes \(4,\) for params shapes \(3,\)"):
+        opt.update(jnp.zeros(4), state, x, value=f(x), grad=jnp.zeros(4), value_fn=f)

@@ -304,6 +304,12 @@ def scale_by_lbfgs_direction(
     def update(updates, state, params=None):
         if params is None:
             raise ValueError("the L-BFGS transformation needs `params` in update().")
+        shapes = jax.tree.map(jnp.shape, (updates, params))
+        if jax.tree.structure(updates) != jax.tree.structure(params) or shapes[0] != shapes[1]:
+            raise ValueError(
+                "the gradient must have the structure and shapes of params; got gradient "
+                f"shapes {shapes[0]} for params shapes {shapes[1]}."
+            )
         g, unravel = ravel_pytree(updates)
         x, _ = ravel_pytree(params)
         g = g.astype(x.dtype)
