@@ -267,10 +267,10 @@ def run(ctx: Context) -> list[Record]:
             peer_value=float(np.median(col("optx LM", "compile_s"))),
         ),
         Record(
-            "nist scipy trf cases >= 6 digits",
+            "nist peers: scipy trf cases >= 6 digits",
             solved["scipy trf"],
             "cases",
-            peer="optx LM",
+            peer="optx LM cases >= 6 digits",
             peer_value=solved["optx LM"],
         ),
     ]
