@@ -12,6 +12,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from opifex.benchmarks.problems import mgh
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -34,17 +36,6 @@ def _rosenbrock(x, a):
 def _beale(x, y):
     i = jnp.arange(1, 4)
     return y - x[0] * (1 - x[1] ** i)
-
-
-def _powell_singular(x, _):
-    return jnp.stack(
-        [
-            x[0] + 10 * x[1],
-            jnp.sqrt(5.0) * (x[2] - x[3]),
-            (x[1] - 2 * x[2]) ** 2,
-            jnp.sqrt(10.0) * (x[0] - x[3]) ** 2,
-        ]
-    )
 
 
 def _linear(x, data):
@@ -83,7 +74,7 @@ def problems() -> list[Problem]:
         ),
         Problem(
             "powell_singular",
-            _powell_singular,
+            mgh.get("powell_singular").residual,
             np.array([3.0, -1.0, 0.0, 1.0]),
             np.zeros(4),
             None,

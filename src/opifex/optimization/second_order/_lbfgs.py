@@ -8,6 +8,7 @@ its dtype is kept.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,7 +18,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from opifex.optimization.core import Solver, Status
-from opifex.optimization.second_order._linesearch import METHODS, line_search
+from opifex.optimization.second_order._linesearch import line_search
 from opifex.optimization.second_order.config import LBFGSConfig
 
 
@@ -42,34 +43,10 @@ class LBFGSState(NamedTuple):
     num_grad_evals: jax.Array  # int32 [], gradient evaluations
 
 
-def _validate(
-    memory_size,
-    max_iterations,
-    gtol,
-    ftol,
-    learning_rate,
-    linesearch,
-    max_linesearch_steps,
-    c1,
-    c2,
-    curvature_eps,
-    scale_init_precond,
-) -> None:
-    # The config validates too; the factories may also be called directly.
-    LBFGSConfig(
-        memory_size=memory_size,
-        max_iterations=max_iterations,
-        gtol=gtol,
-        ftol=ftol,
-        learning_rate=learning_rate,
-        linesearch=linesearch,
-        max_linesearch_steps=max_linesearch_steps,
-        c1=c1,
-        c2=c2,
-        curvature_eps=curvature_eps,
-        scale_init_precond=scale_init_precond,
-    )
-    assert linesearch in METHODS
+def _validate(arguments: dict) -> None:
+    """Validate a factory's arguments as an :class:`LBFGSConfig` (the factories may also be
+    called directly, without a config)."""
+    LBFGSConfig(**{f.name: arguments[f.name] for f in dataclasses.fields(LBFGSConfig)})
 
 
 def _inverse_hessian_product(g, mem: _Memory):
@@ -177,19 +154,7 @@ def lbfgs_solver(
     Raises:
         ValueError: On an invalid setting; in ``init``, if ``fn`` is not scalar.
     """
-    _validate(
-        memory_size,
-        max_iterations,
-        gtol,
-        ftol,
-        learning_rate,
-        linesearch,
-        max_linesearch_steps,
-        c1,
-        c2,
-        curvature_eps,
-        scale_init_precond,
-    )
+    _validate(locals())
 
     def flat_value_and_grad(unravel, args):
         def f(xf):
@@ -431,19 +396,7 @@ def lbfgs_transform(
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
     """
-    _validate(
-        memory_size,
-        max_iterations,
-        gtol,
-        ftol,
-        learning_rate,
-        linesearch,
-        max_linesearch_steps,
-        c1,
-        c2,
-        curvature_eps,
-        scale_init_precond,
-    )
+    _validate(locals())
     return optax.chain(
         scale_by_lbfgs_direction(
             memory_size, scale_init_precond, curvature_eps, gtol, max_iterations
