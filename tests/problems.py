@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -90,3 +91,28 @@ def problems() -> list[Problem]:
             (t, 2.0 * np.exp(-1.5 * t)),
         ),
     ]
+
+
+@jax.custom_vjp
+def _exp_model(p, t):
+    return p[0] * jnp.exp(p[1] * t)
+
+
+def _exp_model_fwd(p, t):
+    y = _exp_model(p, t)
+    return y, (p, t, y)
+
+
+def _exp_model_bwd(res, g):
+    p, t, y = res
+    return jnp.array([g @ (y / p[0]), g @ (y * t)]), None
+
+
+_exp_model.defvjp(_exp_model_fwd, _exp_model_bwd)
+
+
+def reverse_only_exponential_residual(p, data):
+    """``p0 exp(p1 t) - y`` through a ``custom_vjp``: reverse mode only, so a solver's
+    ``jacobian="fwd"`` must fail on it and ``"rev"`` must work."""
+    t, y = data
+    return _exp_model(p, t) - y

@@ -3,10 +3,10 @@
 import dataclasses
 import inspect
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests.problems import reverse_only_exponential_residual
 
 from opifex.optimization import Status, solve
 from opifex.optimization.second_order._gauss_newton import gauss_newton
@@ -108,22 +108,7 @@ def test_field_linear_solver():
 
 
 def test_field_jacobian():
-    @jax.custom_vjp
-    def model(p, t):
-        return p[0] * jnp.exp(p[1] * t)
-
-    def fwd(p, t):
-        y = model(p, t)
-        return y, (p, t, y)
-
-    def bwd(res, g):
-        p, t, y = res
-        return jnp.array([g @ (y / p[0]), g @ (y * t)]), None
-
-    model.defvjp(fwd, bwd)
-
-    def fn(p, a):
-        return model(p, a[0]) - a[1]
+    fn = reverse_only_exponential_residual
 
     rev = solve(gauss_newton(fn, jacobian="rev"), jnp.array([1.0, -1.0]), _NOISY)
     np.testing.assert_allclose(rev.params, _fit().params, rtol=1e-9)

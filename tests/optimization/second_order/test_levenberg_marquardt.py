@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.optimize import least_squares
+from tests.problems import reverse_only_exponential_residual
 
 from opifex.optimization import Status, solve
 from opifex.optimization.second_order import _least_squares as lsq
@@ -448,22 +449,7 @@ def test_field_linear_solver():
 
 
 def test_field_jacobian():
-    @jax.custom_vjp
-    def model(p, t):
-        return p[0] * jnp.exp(p[1] * t)
-
-    def fwd(p, t):
-        y = model(p, t)
-        return y, (p, t, y)
-
-    def bwd(res, g):
-        p, t, y = res
-        return jnp.array([g @ (y / p[0]), g @ (y * t)]), None
-
-    model.defvjp(fwd, bwd)
-
-    def fn(p, a):
-        return model(p, a[0]) - a[1]
+    fn = reverse_only_exponential_residual
 
     sol = solve(levenberg_marquardt(fn, jacobian="rev"), jnp.array([1.0, -1.0]), (_T, _Y))
     np.testing.assert_allclose(sol.params, [2.0, -1.5], rtol=1e-10)
