@@ -15,6 +15,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("suite", choices=sorted(SUITES), help="suite to run")
     bench.add_argument("--quick", action="store_true", help="seconds-long version (CI smoke run)")
     bench.add_argument("--out", default="results", help="output root (default: results/)")
+    bench.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="suite setting, repeatable (e.g. pinn: problems=burgers seeds=3 adam_steps=1000)",
+    )
     demo = sub.add_parser("demo", help="a short showcase with progress bars and plots")
     demo.add_argument("--quick", action="store_true", help="smaller showcase")
     demo.add_argument("--out", default="results", help="output root (default: results/)")
@@ -30,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from opifex.benchmarks import run_suite
 
-        run_suite(args.suite, quick=args.quick, out_root=args.out)
+        options = {}
+        for item in args.option:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise SystemExit(f"--option must look like NAME=VALUE, got {item!r}")
+            options[name.strip()] = value.strip()
+        run_suite(args.suite, quick=args.quick, out_root=args.out, options=options)
     elif args.command == "demo":
         from opifex.demo import run_demo
 

@@ -111,6 +111,16 @@ class Context:
     quick: bool
     out_dir: Path
     console: Console
+    options: dict[str, str] = field(default_factory=dict)
+
+    def option(self, name: str, default: Any, kind: Callable = str) -> Any:
+        """The ``--option name=value`` given on the command line, as ``kind``, or ``default``."""
+        if name not in self.options:
+            return default
+        try:
+            return kind(self.options[name])
+        except ValueError as exc:
+            raise ValueError(f"--option {name}={self.options[name]!r}: {exc}") from None
 
     def progress(self) -> Progress:
         """A rich progress bar for the suite's long loops."""

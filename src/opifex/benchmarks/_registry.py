@@ -12,6 +12,7 @@ from opifex.benchmarks._harness import Context, Record, records_table, write_sum
 # suite name -> "module:function"; the function takes a Context and returns list[Record].
 SUITES: dict[str, str] = {
     "second-order": "opifex.benchmarks.second_order:run",
+    "pinn": "opifex.benchmarks.pinn:run",
 }
 
 
@@ -21,6 +22,7 @@ def run_suite(
     quick: bool = False,
     out_root: Path | str = "results",
     console: Console | None = None,
+    options: dict[str, str] | None = None,
 ) -> list[Record]:
     """Run suite ``name``, print its table, write ``<out_root>/<name>/summary.json`` and plots."""
     if name not in SUITES:
@@ -30,7 +32,7 @@ def run_suite(
     out_dir.mkdir(parents=True, exist_ok=True)
     module, func = SUITES[name].split(":")
     run = getattr(importlib.import_module(module), func)
-    ctx = Context(suite=name, quick=quick, out_dir=out_dir, console=console)
+    ctx = Context(suite=name, quick=quick, out_dir=out_dir, console=console, options=options or {})
     records = run(ctx)
     console.print(records_table(f"opifex bench {name}{' --quick' if quick else ''}", records))
     path = write_summary(ctx, records)

@@ -1,5 +1,13 @@
 """Optimization methods for scientific machine learning."""
 
-from opifex.optimization.core import Solution, Solver, SolverError, Status, solve, solve_batch
+from opifex.optimization.core import (
+    Solution,
+    Solver,
+    SolverError,
+    Status,
+    advance,
+    solve,
+    solve_batch,
+)
 
-__all__ = ["Solution", "Solver", "SolverError", "Status", "solve", "solve_batch"]
+__all__ = ["Solution", "Solver", "SolverError", "Status", "advance", "solve", "solve_batch"]

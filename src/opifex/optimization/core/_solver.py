@@ -102,18 +102,13 @@ def _check_state(state) -> None:
         )
 
 
-@functools.partial(jax.jit, static_argnames=("solver", "max_steps"))
-def _run(solver: Solver, params, args, max_steps: int):
-    state = solver.init(params, args)
-    _check_state(state)
+def _loop(solver: Solver, params, state, args, stop_count):
     running = jnp.asarray(Status.RUNNING, jnp.int32)
     nonfinite = jnp.asarray(Status.NONFINITE, jnp.int32)
-    ok0 = jnp.isfinite(state.value) & tree_all_finite(params)
-    state = state._replace(status=jnp.where(ok0, state.status, nonfinite))
 
     def cond(carry):
         _, s = carry
-        return (s.status == running) & (s.count < max_steps)
+        return (s.status == running) & (s.count < stop_count)
 
     def body(carry):
         p, s = carry
@@ -127,10 +122,62 @@ def _run(solver: Solver, params, args, max_steps: int):
             lambda: (p, s._replace(status=nonfinite, count=s_new.count)),
         )
 
-    params, state = jax.lax.while_loop(cond, body, (params, state))
+    return jax.lax.while_loop(cond, body, (params, state))
+
+
+@functools.partial(jax.jit, static_argnames=("solver", "max_steps"))
+def _run(solver: Solver, params, args, max_steps: int):
+    state = solver.init(params, args)
+    _check_state(state)
+    running = jnp.asarray(Status.RUNNING, jnp.int32)
+    ok0 = jnp.isfinite(state.value) & tree_all_finite(params)
+    state = state._replace(status=jnp.where(ok0, state.status, jnp.int32(Status.NONFINITE)))
+    params, state = _loop(solver, params, state, args, max_steps)
     status = jnp.where(state.status == running, jnp.int32(Status.MAX_STEPS), state.status)
     state = state._replace(status=status)
     return params, state
+
+
+@functools.partial(jax.jit, static_argnames=("solver",))
+def _advance(solver: Solver, params, state, args, num_steps):
+    return _loop(solver, params, state, args, state.count + num_steps)
+
+
+def advance(solver: Solver, params: Params, state, args: Args = None, *, num_steps: int = 1):
+    """Take up to ``num_steps`` more steps of ``solver`` from ``(params, state)``.
+
+    The chunked form of :func:`solve` for long runs that report progress between chunks:
+    the same compiled loop and non-finite guard, stopping early when the status leaves
+    ``RUNNING``; a state still running afterwards keeps status ``RUNNING``. ``num_steps`` is
+    a traced argument, so chunks of any length share one compilation.
+
+    Args:
+        solver: A :class:`Solver`.
+        params: Current iterate.
+        state: Current state (from ``solver.init`` or a previous ``advance``).
+        args: Problem data.
+        num_steps: Most steps to take (>= 0).
+
+    Returns:
+        ``(params, state)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from opifex.optimization.core._examples import gradient_descent
+        >>> gd = gradient_descent(lambda x, a: jnp.sum((x - a) ** 2), gtol=1e-5)
+        >>> x, a = jnp.zeros(2), jnp.array([1.0, -2.0])
+        >>> state = gd.init(x, a)
+        >>> for _ in range(3):
+        ...     x, state = advance(gd, x, state, a, num_steps=10)
+        >>> int(state.count)
+        30
+    """
+    if not isinstance(solver, Solver):
+        raise TypeError(f"solver must be an opifex Solver(init, step), got {type(solver)}.")
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+        raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}.")
+    _check_state(state)
+    return _advance(solver, params, state, args, jnp.asarray(num_steps, jnp.int32))
 
 
 def solve(

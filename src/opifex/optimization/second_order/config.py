@@ -100,6 +100,79 @@ class LBFGSConfig(_Config):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BFGSConfig(_Config):
+    """Dense (optionally self-scaled) BFGS with a strong-Wolfe line search.
+
+    Attributes:
+        max_iterations: Iterations after which the solver stops with ``MAX_STEPS``.
+        gtol: Converged when ``max|grad| <= gtol``.
+        ftol: Converged when the relative reduction of ``f`` falls below ``ftol`` (0: off).
+        self_scaling: Oren-Luenberger self-scaled updates with Al-Baali's ``tau <= 1``.
+        max_linesearch_steps: Function evaluations a line search may spend.
+        c1: Sufficient-decrease (Armijo) constant, ``0 < c1 < c2``.
+        c2: Curvature constant of the strong Wolfe condition, ``c1 < c2 < 1``.
+        curvature_eps: A pair is skipped unless ``s'y > curvature_eps * ||s|| * ||y||``.
+    """
+
+    max_iterations: int = 1000
+    gtol: float = 1e-8
+    ftol: float = 0.0
+    self_scaling: bool = True
+    max_linesearch_steps: int = 30
+    c1: float = 1e-4
+    c2: float = 0.9
+    curvature_eps: float = 1e-12
+
+    def __post_init__(self) -> None:
+        _int_at_least("max_iterations", self.max_iterations, 1)
+        _nonneg("gtol", self.gtol)
+        _nonneg("ftol", self.ftol)
+        _check(isinstance(self.self_scaling, bool), "self_scaling", self.self_scaling, "a bool")
+        _int_at_least("max_linesearch_steps", self.max_linesearch_steps, 1)
+        _check(0 < self.c1 < 1, "c1", self.c1, "in (0, 1)")
+        _check(self.c1 < self.c2 < 1, "c2", self.c2, f"in (c1={self.c1}, 1)")
+        _nonneg("curvature_eps", self.curvature_eps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NysNewtonCGConfig(_Config):
+    """Nyström-preconditioned damped Newton-CG (Rathore et al. 2024).
+
+    Attributes:
+        max_iterations: Newton iterations after which the solver stops with ``MAX_STEPS``.
+        rank: Rank of the randomized Nyström sketch of the Hessian (>= 1).
+        mu: Damping added to the Hessian (> 0).
+        precond_update_freq: Iterations between sketch refreshes (>= 1).
+        cg_tol: Relative residual tolerance of the preconditioned CG solve.
+        cg_max_iterations: Hessian-vector products one CG solve may spend (>= 1).
+        learning_rate: First trial step of the Armijo backtracking search.
+        gtol: Converged when ``max|grad| <= gtol``.
+        seed: Seed of the random sketches.
+    """
+
+    max_iterations: int = 100
+    rank: int = 60
+    mu: float = 1e-2
+    precond_update_freq: int = 20
+    cg_tol: float = 1e-10
+    cg_max_iterations: int = 100
+    learning_rate: float = 1.0
+    gtol: float = 1e-10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _int_at_least("max_iterations", self.max_iterations, 1)
+        _int_at_least("rank", self.rank, 1)
+        _positive("mu", self.mu)
+        _int_at_least("precond_update_freq", self.precond_update_freq, 1)
+        _nonneg("cg_tol", self.cg_tol)
+        _int_at_least("cg_max_iterations", self.cg_max_iterations, 1)
+        _positive("learning_rate", self.learning_rate)
+        _nonneg("gtol", self.gtol)
+        _int_at_least("seed", self.seed, 0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class GaussNewtonConfig(_Config):
     """Gauss-Newton for nonlinear least squares ``min 0.5 ||r(x)||^2``.
 

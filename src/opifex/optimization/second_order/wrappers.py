@@ -2,6 +2,8 @@
 
 - :func:`create_lbfgs_optimizer`: L-BFGS as an optax ``GradientTransformationExtraArgs``.
 - :func:`create_lbfgs_solver`: L-BFGS solving to tolerance on the core :class:`Solver` protocol.
+- :func:`create_bfgs_solver`: dense self-scaled BFGS for models up to ~20,000 parameters.
+- :func:`create_nys_newton_cg_solver`: Hessian-free Newton-CG with Nyström preconditioning.
 - :func:`create_gauss_newton_solver`, :func:`create_levenberg_marquardt_solver`: nonlinear
   least squares on the core protocol.
 """
@@ -13,13 +15,17 @@ from collections.abc import Callable
 import optax
 
 from opifex.optimization.core import Solver
+from opifex.optimization.second_order._bfgs import bfgs_solver
 from opifex.optimization.second_order._gauss_newton import gauss_newton
 from opifex.optimization.second_order._lbfgs import lbfgs_solver, lbfgs_transform
 from opifex.optimization.second_order._levenberg_marquardt import levenberg_marquardt
+from opifex.optimization.second_order._newton_cg import nys_newton_cg_solver
 from opifex.optimization.second_order.config import (
+    BFGSConfig,
     GaussNewtonConfig,
     LBFGSConfig,
     LevenbergMarquardtConfig,
+    NysNewtonCGConfig,
 )
 
 
@@ -85,6 +91,53 @@ def create_lbfgs_solver(fn: Callable, config: LBFGSConfig | None = None) -> Solv
     return lbfgs_solver(fn, **_config(config, LBFGSConfig).to_kwargs())
 
 
+def create_bfgs_solver(fn: Callable, config: BFGSConfig | None = None) -> Solver:
+    """Dense self-scaled BFGS minimising ``fn(params, args)``, for :func:`~opifex.optimization.solve`.
+
+    Args:
+        fn: Scalar objective ``(params, args) -> float``; ``params`` may be any pytree.
+        config: A :class:`BFGSConfig` (defaults if ``None``).
+
+    Returns:
+        A :class:`~opifex.optimization.core.Solver` (see ``_bfgs.bfgs_solver`` for the rule).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from opifex.optimization import solve
+        >>> from opifex.optimization.second_order import create_bfgs_solver
+        >>> rosen = lambda x, a: (a - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+        >>> sol = solve(create_bfgs_solver(rosen), jnp.array([-1.2, 1.0]), 1.0)
+        >>> sol.params.round(3).tolist(), sol.converged
+        ([1.0, 1.0], True)
+    """
+    return bfgs_solver(fn, **_config(config, BFGSConfig).to_kwargs())
+
+
+def create_nys_newton_cg_solver(fn: Callable, config: NysNewtonCGConfig | None = None) -> Solver:
+    """NysNewton-CG minimising ``fn(params, args)`` (Rathore et al. 2024).
+
+    Args:
+        fn: Scalar objective ``(params, args) -> float``; ``params`` may be any pytree.
+        config: A :class:`NysNewtonCGConfig` (defaults if ``None``).
+
+    Returns:
+        A :class:`~opifex.optimization.core.Solver` (see ``_newton_cg`` for the rule).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from opifex.optimization import solve
+        >>> from opifex.optimization.second_order import NysNewtonCGConfig
+        >>> from opifex.optimization.second_order import create_nys_newton_cg_solver
+        >>> quad = lambda x, a: 0.5 * jnp.sum(a * x**2) - jnp.sum(x)
+        >>> cfg = NysNewtonCGConfig(rank=3, mu=1e-8, gtol=1e-5)
+        >>> a = jnp.array([1.0, 10.0, 100.0])
+        >>> sol = solve(create_nys_newton_cg_solver(quad, cfg), jnp.zeros(3), a)
+        >>> [round(float(v), 4) for v in sol.params], sol.converged
+        ([1.0, 0.1, 0.01], True)
+    """
+    return nys_newton_cg_solver(fn, **_config(config, NysNewtonCGConfig).to_kwargs())
+
+
 def create_gauss_newton_solver(
     residual_fn: Callable, config: GaussNewtonConfig | None = None
 ) -> Solver:
@@ -142,8 +195,10 @@ def create_levenberg_marquardt_solver(
 
 
 __all__ = [
+    "create_bfgs_solver",
     "create_gauss_newton_solver",
     "create_lbfgs_optimizer",
     "create_lbfgs_solver",
     "create_levenberg_marquardt_solver",
+    "create_nys_newton_cg_solver",
 ]
