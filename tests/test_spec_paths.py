@@ -22,7 +22,17 @@ SPEC = {
         "NNXLBFGSWrapper",
         "create_nnx_lbfgs_optimizer",
     ],
-    "opifex.optimization": ["Solver", "Solution", "Status", "SolverError", "solve"],
+    "opifex.optimization": ["Solver", "Solution", "Status", "SolverError", "solve", "advance"],
+    # Issue 3: the names the issue documents for "Scientific Computing Integration".
+    "opifex.optimization.scientific_integration": [
+        "ScientificComputingIntegrator",
+        "ConservationLaw",
+        "ConservationCheckResult",
+        "NumericalValidator",
+        "NumericalValidationResult",
+        "PhysicsProfiler",
+        "ScientificBenchmarkValidator",
+    ],
 }
 
 

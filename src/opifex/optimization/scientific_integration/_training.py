@@ -44,6 +44,7 @@ class Stage(NamedTuple):
     start: Callable[[Any, Any], Carry]
     chunk: Callable[[Carry, Any, Any], Carry]
     count: Callable[[Carry], Any]
+    finish: Callable[[Carry, Any], Carry]  # the stage's final carry (settles pending work)
 
 
 def _balancer(loss: PhysicsInformedLoss, balancing: str, update_every: int):
@@ -104,12 +105,16 @@ def adam_stage(
         updates, opt_state = opt.update(stacked, opt_state, params, **extra)
         return jnp.sum(fixed * term_losses), updates, opt_state
 
+    # state = (optimizer state, steps this chunk, pending iterate). The loss of the pending
+    # iterate is only known at the next step, so ``params`` is the last iterate whose loss was
+    # finite and the pending one is accepted there; :func:`finish` settles the last one.
     @jax.jit
     def start(params, batch):
         value = loss.loss(params, batch)
         ok = jnp.isfinite(value) & tree_all_finite(params)
         status = jnp.where(ok, Status.RUNNING, Status.NONFINITE).astype(jnp.int32)
-        return Carry(params, (opt.init(params), jnp.zeros((), jnp.int32)), value, ok, status)
+        state = (opt.init(params), jnp.zeros((), jnp.int32), params)
+        return Carry(params, state, value, ok, status)
 
     @jax.jit
     def chunk(carry: Carry, batch, n):
@@ -117,31 +122,37 @@ def adam_stage(
             return c.alive & (c.state[1] < n)
 
         def body(c):
-            opt_state, i = c.state
-            value, updates, new_opt = one_step(c.params, opt_state, batch)
-            new_params = optax.apply_updates(c.params, updates)
-            ok = jnp.isfinite(value) & tree_all_finite(new_params)
+            opt_state, i, pending = c.state
+            value, updates, new_opt = one_step(pending, opt_state, batch)
+            ok = jnp.isfinite(value) & tree_all_finite(updates)
             return jax.lax.cond(
                 ok,
-                lambda: Carry(new_params, (new_opt, i + 1), value, c.alive, c.status),
                 lambda: Carry(
-                    c.params,
-                    (opt_state, i),
-                    c.value,
-                    jnp.zeros((), bool),
-                    jnp.int32(Status.NONFINITE),
+                    pending,
+                    (new_opt, i + 1, optax.apply_updates(pending, updates)),
+                    value,
+                    c.alive,
+                    c.status,
+                ),
+                lambda: Carry(
+                    c.params, c.state, c.value, jnp.zeros((), bool), jnp.int32(Status.NONFINITE)
                 ),
             )
 
-        carry = carry._replace(state=(carry.state[0], jnp.zeros((), jnp.int32)))
-        out = jax.lax.while_loop(cond, body, carry)
-        total = out.state[0]
-        return out._replace(state=(total, out.state[1]))
+        carry = carry._replace(state=(carry.state[0], jnp.zeros((), jnp.int32), carry.state[2]))
+        return jax.lax.while_loop(cond, body, carry)
 
     def count(carry):
         return _adam_count(carry.state[0])
 
-    return Stage("adam", steps, start, chunk, count)
+    @jax.jit
+    def finish(carry: Carry, batch):
+        pending = carry.state[2]
+        value = loss.loss(pending, batch)
+        ok = carry.alive & jnp.isfinite(value) & tree_all_finite(pending)
+        return jax.lax.cond(ok, lambda: carry._replace(params=pending, value=value), lambda: carry)
+
+    return Stage("adam", steps, start, chunk, count, finish)
 
 
 def _adam_count(opt_state):
@@ -169,4 +180,6 @@ def solver_stage(name: str, solver: Solver, steps: int) -> Stage:
         alive = state.status == Status.RUNNING
         return Carry(params, state, state.value, alive, state.status)
 
-    return Stage(name, steps, start, chunk, lambda carry: int(carry.state.count))
+    return Stage(
+        name, steps, start, chunk, lambda carry: int(carry.state.count), lambda carry, _: carry
+    )

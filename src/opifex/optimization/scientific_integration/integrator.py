@@ -322,6 +322,7 @@ class ScientificComputingIntegrator:
                         callback(record)
                     if done_now == 0 and not bool(carry.alive):
                         break
+                carry = stage.finish(carry, batch)
                 params = carry.params
                 status = Status(int(carry.status))
                 if status == Status.RUNNING and done >= stage.steps:

@@ -160,8 +160,8 @@ class PhysicsInformedLoss:
 
         Raises ``ValueError`` naming the term and the offending indices for non-finite points
         or targets, a missing term, or points that are not 2-D; with ``params``, also checks
-        (by ``jax.eval_shape``, before any training) that every residual returns one row per
-        point.
+        (by ``jax.eval_shape``, before any training) that every residual returns a vector (one
+        row per point, or per pair of points for a periodic condition).
         """
         out = {}
         for t in self.terms:
@@ -190,11 +190,12 @@ class PhysicsInformedLoss:
                 shape = jax.eval_shape(
                     lambda p, part, t=t: self._residual(t, p, part), params, out[t.name]
                 ).shape
-                n = out[t.name]["points"].shape[0]
-                if len(shape) not in (1, 2) or shape[0] != n:
+                if len(shape) not in (1, 2) or shape[0] == 0:
+                    n = out[t.name]["points"].shape[0]
                     raise ValueError(
-                        f"residual of term {t.name!r} must return shape ({n},) or ({n}, k) for "
-                        f"{n} points, got {shape}."
+                        f"residual of term {t.name!r} must return a non-empty vector (R,) or "
+                        f"(R, k) of residuals (usually R = {n}, one per point), got shape "
+                        f"{shape}."
                     )
         return out
 

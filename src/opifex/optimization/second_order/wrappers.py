@@ -92,7 +92,7 @@ def create_lbfgs_solver(fn: Callable, config: LBFGSConfig | None = None) -> Solv
 
 
 def create_bfgs_solver(fn: Callable, config: BFGSConfig | None = None) -> Solver:
-    """Dense self-scaled BFGS minimising ``fn(params, args)``, for :func:`~opifex.optimization.solve`.
+    """Dense self-scaled BFGS minimising ``fn(params, args)``, to use with ``solve``.
 
     Args:
         fn: Scalar objective ``(params, args) -> float``; ``params`` may be any pytree.
