@@ -9,13 +9,17 @@ from tests.problems import problems
 
 from opifex.optimization import Status, solve
 from opifex.optimization.second_order import (
+    BFGSConfig,
     HybridOptimizer,
     HybridOptimizerConfig,
     LBFGSConfig,
+    NysNewtonCGConfig,
+    create_bfgs_solver,
     create_gauss_newton_solver,
     create_lbfgs_optimizer,
     create_lbfgs_solver,
     create_levenberg_marquardt_solver,
+    create_nys_newton_cg_solver,
 )
 
 PROBLEMS = {p.name: p for p in problems()}
@@ -74,12 +78,31 @@ def _levenberg_marquardt(p):
     return sol.params
 
 
+def _bfgs(p):
+    x0, args = _as_jax(p)
+    sol = solve(create_bfgs_solver(p.objective, BFGSConfig(gtol=1e-10)), x0, args)
+    assert sol.status == Status.CONVERGED
+    return sol.params
+
+
+def _nys_newton_cg(p):
+    # Rank = n (the problems are tiny); Powell's singular Hessian leaves it at MAX_STEPS,
+    # linearly close to the minimiser (the problem's atol allows for that).
+    x0, args = _as_jax(p)
+    config = NysNewtonCGConfig(rank=x0.size)
+    sol = solve(create_nys_newton_cg_solver(p.objective, config), x0, args)
+    assert sol.status in (Status.CONVERGED, Status.MAX_STEPS)
+    return sol.params
+
+
 SOLVERS = {
     "lbfgs_solver": _lbfgs_solver,
     "lbfgs_transform": _lbfgs_transform,
     "hybrid": _hybrid,
     "gauss_newton": _gauss_newton,
     "levenberg_marquardt": _levenberg_marquardt,
+    "bfgs": _bfgs,
+    "nys_newton_cg": _nys_newton_cg,
 }
 
 

@@ -10,6 +10,7 @@ second-order iteration, run time to the published error, and the cost of one los
 evaluation with forward-over-forward ``jvp`` derivatives against nested ``grad``.
 
 Options (``--option name=value``): ``problems``, ``seeds``, ``adam_steps``, ``second_steps``,
+``polish_steps`` (NysNewton-CG iterations after BFGS; the peers get as many more),
 ``learning_rate``, ``log_every``. ``--quick`` runs Burgers with a 2 x 20 network on 500
 collocation points for 10 + 10 iterations, one seed: a smoke run of every code path, not a
 measurement of accuracy.
@@ -60,6 +61,7 @@ def run(ctx: Context) -> list[Record]:
     second_steps = ctx.option("second_steps", 10 if ctx.quick else DEFAULTS["second_steps"], int)
     lr = ctx.option("learning_rate", DEFAULTS["learning_rate"], float)
     log_every = ctx.option("log_every", 5 if ctx.quick else DEFAULTS["log_every"], int)
+    polish_steps = ctx.option("polish_steps", 0, int)
 
     records = list(_derivatives.run(ctx))
     total = len(names) * seeds * len(_methods.METHODS)
@@ -83,6 +85,7 @@ def run(ctx: Context) -> list[Record]:
                         second_steps=second_steps,
                         learning_rate=lr,
                         log_every=log_every,
+                        polish_steps=polish_steps,
                         batch=batch,
                     )
                     runs[name].append(run_)
@@ -92,7 +95,9 @@ def run(ctx: Context) -> list[Record]:
                     )
                     bar.advance(task)
             records.extend(
-                _problem_records(name, problem, runs[name], seeds, adam_steps, second_steps)
+                _problem_records(
+                    name, problem, runs[name], seeds, adam_steps, second_steps + polish_steps
+                )
             )
             _plots.time_to_accuracy(ctx, name, problem, runs[name])
     return records

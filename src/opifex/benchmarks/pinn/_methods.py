@@ -120,9 +120,14 @@ def run_method(
     second_steps: int,
     learning_rate: float,
     log_every: int,
+    polish_steps: int = 0,
     batch=None,
 ) -> Run:
-    """Train ``problem`` from the seed's initialisation with ``method``; return its record."""
+    """Train ``problem`` from the seed's initialisation with ``method``; return its record.
+
+    ``polish_steps`` NysNewton-CG iterations follow BFGS in the opifex recipe; the peers get
+    the same number of extra second-order (or Adam) iterations.
+    """
     batch = problem.batch(seed) if batch is None else batch
     params = init_mlp(jax.random.PRNGKey(seed), problem.sizes, dtype=jnp.float64)
     error = _error_fn(problem)
@@ -132,6 +137,8 @@ def run_method(
             adam_learning_rate=learning_rate,
             second_order="bfgs",
             second_order_steps=second_steps,
+            polish="nncg" if polish_steps else "none",
+            polish_steps=polish_steps,
             log_every=log_every,
             validate=False,
             progress=False,
@@ -152,6 +159,7 @@ def run_method(
             per_it,
         )
     loss = problem.loss.loss
+    second_steps += polish_steps
     records: list = []
     adam_total = adam_steps + (second_steps if method == "adam" else 0)
     opt, adam_chunk = _adam_chunk(loss, learning_rate)

@@ -15,8 +15,13 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from opifex.optimization.core import Solver, Status
-from opifex.optimization.second_order._linesearch import line_search
+from opifex.optimization.core import Solver
+from opifex.optimization.second_order._linesearch import (
+    gradient_status,
+    line_search,
+    status_after_step,
+)
+from opifex.optimization.second_order.config import BFGSConfig
 
 
 class BFGSState(NamedTuple):
@@ -112,14 +117,13 @@ def bfgs_solver(
         Nocedal & Wright, Numerical Optimization (2006), Sec. 6.1. Al-Baali, "Numerical
         experience with a class of self-scaling quasi-Newton algorithms", JOTA 96 (1998).
     """
+    BFGSConfig(**{k: v for k, v in locals().items() if k != "fn"})
 
     def flat_value_and_grad(unravel, args):
         return jax.value_and_grad(lambda xf: fn(unravel(xf), args))
 
     def status_of(count, grad):
-        done = jnp.max(jnp.abs(grad)) <= gtol
-        status = jnp.where(count >= max_iterations, Status.MAX_STEPS, Status.RUNNING)
-        return jnp.where(done, Status.CONVERGED, status).astype(jnp.int32)
+        return gradient_status(count, grad, gtol=gtol, max_iterations=max_iterations)
 
     def init(params, args) -> BFGSState:
         out = jax.eval_shape(fn, params, args)
@@ -166,23 +170,19 @@ def bfgs_solver(
         )
         s = ls.stepsize * d
         y = ls.grad - g
-        # Before the first accepted pair, H_0 takes the scale s'y / y'y (N&W eq. 6.20).
-        first = state.count == 0
+        # Until a pair is accepted, H_0 takes the scale s'y / y'y (N&W eq. 6.20).
+        first = state.count == state.num_skipped
         sy, yy = jnp.vdot(s, y), jnp.vdot(y, y)
         scale = jnp.where(first & (sy > 0) & (yy > 0), sy / jnp.where(yy > 0, yy, 1.0), 0.0)
         h = jnp.where(scale > 0, scale * jnp.eye(x.size, dtype=x.dtype), h)
-        # tau needs the H that made the step, so the rescaled first update is plain BFGS.
-        h, ok = _update(h, s, y, g, ls.stepsize, self_scaling & ~first, curvature_eps)
+        # tau needs the H that made the step (s'Bs = -a s'g), so the rescaled first update and
+        # a steepest-descent fallback step are plain BFGS.
+        scaled = self_scaling & ~first & descent
+        h, ok = _update(h, s, y, g, ls.stepsize, scaled, curvature_eps)
         count = state.count + 1
-        status = status_of(count, ls.grad)
-        if ftol > 0:
-            size = jnp.maximum(jnp.maximum(jnp.abs(state.value), jnp.abs(ls.value)), 1.0)
-            small = (state.value - ls.value) <= ftol * size
-            status = jnp.where(ls.success & small, Status.CONVERGED, status)
-        eps = jnp.finfo(x.dtype).eps
-        tiny = jnp.max(jnp.abs(g)) <= jnp.sqrt(eps) * jnp.maximum(1.0, jnp.abs(state.value))
-        failed = jnp.where(tiny, Status.CONVERGED, Status.LINESEARCH_FAILED)
-        status = jnp.where(ls.success, status, failed).astype(jnp.int32)
+        status = status_after_step(
+            ls, state.value, g, count, gtol=gtol, ftol=ftol, max_iterations=max_iterations
+        )
         new_state = BFGSState(
             count=count,
             status=status,

@@ -17,8 +17,12 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from opifex.optimization.core import Solver, Status
-from opifex.optimization.second_order._linesearch import line_search
+from opifex.optimization.core import Solver
+from opifex.optimization.second_order._linesearch import (
+    gradient_status,
+    line_search,
+    status_after_step,
+)
 from opifex.optimization.second_order.config import LBFGSConfig
 
 
@@ -163,9 +167,7 @@ def lbfgs_solver(
         return jax.value_and_grad(f)
 
     def status_of(count, value, grad):
-        done = jnp.max(jnp.abs(grad)) <= gtol
-        status = jnp.where(count >= max_iterations, Status.MAX_STEPS, Status.RUNNING)
-        return jnp.where(done, Status.CONVERGED, status).astype(jnp.int32)
+        return gradient_status(count, grad, gtol=gtol, max_iterations=max_iterations)
 
     def init(params, args) -> LBFGSState:
         out = jax.eval_shape(fn, params, args)
@@ -211,15 +213,9 @@ def lbfgs_solver(
         s = ls.stepsize * d
         memory, _ = _push_pair(s, ls.grad - g, state.memory, curvature_eps, scale_init_precond)
         count = state.count + 1
-        status = status_of(count, ls.value, ls.grad)
-        if ftol > 0:
-            scale = jnp.maximum(jnp.maximum(jnp.abs(state.value), jnp.abs(ls.value)), 1.0)
-            small = (state.value - ls.value) <= ftol * scale
-            status = jnp.where(ls.success & small, Status.CONVERGED, status)
-        eps = jnp.finfo(x.dtype).eps
-        tiny = jnp.max(jnp.abs(g)) <= jnp.sqrt(eps) * jnp.maximum(1.0, jnp.abs(state.value))
-        failed = jnp.where(tiny, Status.CONVERGED, Status.LINESEARCH_FAILED)
-        status = jnp.where(ls.success, status, failed).astype(jnp.int32)
+        status = status_after_step(
+            ls, state.value, g, count, gtol=gtol, ftol=ftol, max_iterations=max_iterations
+        )
         new_state = LBFGSState(
             count=count,
             status=status,

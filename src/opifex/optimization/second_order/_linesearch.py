@@ -26,6 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from opifex.optimization.core import Status
+
 _BRACKET, _ZOOM, _BACKTRACK, _DONE = 0, 1, 2, 3
 METHODS = ("zoom", "backtracking")
 
@@ -237,3 +239,31 @@ def line_search(
     s = jax.lax.while_loop(cond, body, init)
     # a_lo stays 0 (with f0, grad) unless a step was accepted, so it is the answer either way.
     return LineSearchResult(s.a_lo, s.f_lo, s.g_lo, s.num_evals, s.success, s.wolfe)
+
+
+def gradient_status(count, grad, *, gtol: float, max_iterations: int) -> jax.Array:
+    """``CONVERGED`` if ``max|grad| <= gtol``, else ``MAX_STEPS`` once ``count`` reaches the
+    budget, else ``RUNNING`` (the stopping rule shared by the line-search solvers)."""
+    done = jnp.max(jnp.abs(grad)) <= gtol
+    status = jnp.where(count >= max_iterations, Status.MAX_STEPS, Status.RUNNING)
+    return jnp.where(done, Status.CONVERGED, status).astype(jnp.int32)
+
+
+def status_after_step(
+    ls: LineSearchResult, value, grad, count, *, gtol: float, ftol: float, max_iterations: int
+) -> jax.Array:
+    """Status after a line-search step from ``(value, grad)`` to ``(ls.value, ls.grad)``.
+
+    ``CONVERGED`` on the gradient test, or (``ftol > 0``) on a relative reduction
+    ``(f - f+) / max(|f|, |f+|, 1) <= ftol``; a failed search is ``LINESEARCH_FAILED`` unless
+    ``max|grad| <= sqrt(eps) max(1, |f|)``, the gradient being as small as precision allows.
+    """
+    status = gradient_status(count, ls.grad, gtol=gtol, max_iterations=max_iterations)
+    if ftol > 0:
+        size = jnp.maximum(jnp.maximum(jnp.abs(value), jnp.abs(ls.value)), 1.0)
+        small = (value - ls.value) <= ftol * size
+        status = jnp.where(ls.success & small, Status.CONVERGED, status)
+    eps = jnp.finfo(grad.dtype).eps
+    tiny = jnp.max(jnp.abs(grad)) <= jnp.sqrt(eps) * jnp.maximum(1.0, jnp.abs(value))
+    failed = jnp.where(tiny, Status.CONVERGED, Status.LINESEARCH_FAILED)
+    return jnp.where(ls.success, status, failed).astype(jnp.int32)

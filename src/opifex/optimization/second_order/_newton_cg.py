@@ -15,8 +15,13 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from opifex.optimization.core import Solver, Status
-from opifex.optimization.second_order._linesearch import line_search
+from opifex.optimization.core import Solver
+from opifex.optimization.second_order._linesearch import (
+    gradient_status,
+    line_search,
+    status_after_step,
+)
+from opifex.optimization.second_order.config import NysNewtonCGConfig
 
 
 class NysNewtonCGState(NamedTuple):
@@ -39,8 +44,10 @@ def nystrom_sketch(hvp: Callable, n: int, rank: int, key, dtype):
     """Randomized Nyström approximation ``H ~ U diag(lam) U'`` from ``rank`` products.
 
     Frangella, Tropp & Udell (2023), Alg. 2.1, with a shift that makes the small core
-    matrix positive definite even when ``H`` is indefinite (then ``lam`` is the sketch of the
-    shifted ``H``, floored at 0).
+    matrix positive definite even when ``H`` is indefinite. Then ``lam`` is the sketch of the
+    shifted ``H`` floored at 0, which may overestimate ``H``'s eigenvalues (up to about 2x
+    was seen): still a fine preconditioner for the damped system, not an eigen-solver. If the
+    core cannot be factorised the sketch is 0, i.e. no preconditioning.
 
     Returns:
         ``(U [n, rank], lam [rank])``.
@@ -55,10 +62,12 @@ def nystrom_sketch(hvp: Callable, n: int, rank: int, key, dtype):
     shift = eps * jnp.linalg.norm(y) + jnp.maximum(0.0, -2.0 * lowest)
     y_shift = y + shift * q
     chol = jnp.linalg.cholesky(q.T @ y_shift)
-    chol = jnp.where(jnp.isfinite(chol), chol, jnp.eye(rank, dtype=dtype))
+    factored = jnp.all(jnp.isfinite(chol))
+    chol = jnp.where(factored, chol, jnp.eye(rank, dtype=dtype))
     b = jax.scipy.linalg.solve_triangular(chol, y_shift.T, lower=True).T
     u, sigma, _ = jnp.linalg.svd(b, full_matrices=False)
-    return u, jnp.maximum(sigma**2 - shift, 0.0)
+    lam = jnp.where(factored, jnp.maximum(sigma**2 - shift, 0.0), 0.0)
+    return jnp.where(factored, u, q), lam
 
 
 def _precondition(u, lam, mu, r):
@@ -69,7 +78,8 @@ def _precondition(u, lam, mu, r):
 
 def _pcg(hvp, b, x0, mu, u, lam, tol, max_iterations):
     """Solve ``(H + mu I) x = b`` by preconditioned CG from ``x0``; stops on negative curvature
-    (returning the last iterate, or ``b`` itself if that happens at once)."""
+    and returns the last iterate (``x0`` itself if that happens at once: the caller then falls
+    back to the gradient when the result is not a descent direction)."""
 
     def matvec(v):
         return hvp(v) + mu * v
@@ -149,14 +159,14 @@ def nys_newton_cg_solver(
         preconditioning", SIAM J. Matrix Anal. Appl. 44 (2023).
     """
 
+    NysNewtonCGConfig(**{k: v for k, v in locals().items() if k != "fn"})
+
     def flat(params, args):
         x, unravel = ravel_pytree(params)
         return x, unravel, (lambda xf: fn(unravel(xf), args))
 
     def status_of(count, grad):
-        done = jnp.max(jnp.abs(grad)) <= gtol
-        status = jnp.where(count >= max_iterations, Status.MAX_STEPS, Status.RUNNING)
-        return jnp.where(done, Status.CONVERGED, status).astype(jnp.int32)
+        return gradient_status(count, grad, gtol=gtol, max_iterations=max_iterations)
 
     def init(params, args) -> NysNewtonCGState:
         out = jax.eval_shape(fn, params, args)
@@ -210,10 +220,12 @@ def nys_newton_cg_solver(
             method="backtracking",
         )
         count = state.count + 1
-        status = jnp.where(ls.success, status_of(count, ls.grad), Status.LINESEARCH_FAILED)
+        status = status_after_step(
+            ls, state.value, g, count, gtol=gtol, ftol=0.0, max_iterations=max_iterations
+        )
         new_state = NysNewtonCGState(
             count=count,
-            status=status.astype(jnp.int32),
+            status=status,
             value=ls.value,
             grad=ls.grad,
             eigvecs=u,

@@ -320,4 +320,11 @@ class HybridOptimizerConfig(_Config):
         _check(isinstance(self.lbfgs, LBFGSConfig), "lbfgs", self.lbfgs, "an LBFGSConfig")
 
 
-__all__ = ["GaussNewtonConfig", "HybridOptimizerConfig", "LBFGSConfig", "LevenbergMarquardtConfig"]
+__all__ = [
+    "BFGSConfig",
+    "GaussNewtonConfig",
+    "HybridOptimizerConfig",
+    "LBFGSConfig",
+    "LevenbergMarquardtConfig",
+    "NysNewtonCGConfig",
+]
