@@ -204,3 +204,14 @@ def test_plot_writes_a_png(tmp_path):
     result = ScientificComputingIntegrator(config=config).train(loss, params, batch, reference=ref)
     path = ScientificComputingIntegrator.plot({"adam": result}, tmp_path / "curve.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profile_reports_points_and_xla_figures():
+    loss, batch, _ = _poisson()
+    integrator = ScientificComputingIntegrator(config=ScientificIntegrationConfig(**QUIET))
+    params = init_mlp(jax.random.PRNGKey(0), (1, 4, 1))
+    report = integrator.profile(loss, params, loss.check_batch(batch))
+    assert report.num_points == 34
+    assert report.compile_time_s > 0 and report.step_time_s > 0
+    assert report.throughput == pytest.approx(34 / report.step_time_s)
+    assert report.flops is None or report.flops > 0

@@ -197,13 +197,6 @@ def test_negative_curvature_start_reaches_a_minimiser():
     np.testing.assert_allclose(sol.value, -0.25, rtol=1e-14)
 
 
-def test_nan_objective_is_nonfinite_with_last_finite_iterate():
-    x0 = jnp.array([0.3, -0.2])
-    sol = solve(nys_newton_cg_solver(lambda x, a: jnp.nan * jnp.sum(x**2), rank=2), x0)
-    assert int(sol.status) == Status.NONFINITE
-    np.testing.assert_array_equal(sol.params, x0)
-
-
 def test_rank_above_dimension_raises():
     solver = nys_newton_cg_solver(rosenbrock, rank=3)
     with pytest.raises(ValueError, match=r"rank must be <= the number of parameters 2, got 3"):

@@ -112,3 +112,26 @@ def test_reaches_known_minimiser(solver, name):
     p = PROBLEMS[name]
     x = np.asarray(SOLVERS[solver](p))
     np.testing.assert_allclose(x, p.x_star, atol=p.atol, rtol=0)
+
+
+SCALAR_SOLVERS = {
+    "lbfgs": create_lbfgs_solver,
+    "bfgs": create_bfgs_solver,
+    "nys_newton_cg": lambda fn: create_nys_newton_cg_solver(fn, NysNewtonCGConfig(rank=2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCALAR_SOLVERS))
+def test_nan_objective_is_nonfinite_with_last_finite_iterate(name):
+    x0 = jnp.array([0.3, -0.2])
+    sol = solve(SCALAR_SOLVERS[name](lambda x, a: jnp.nan * jnp.sum(x**2)), x0)
+    assert int(sol.status) == Status.NONFINITE
+    np.testing.assert_array_equal(sol.params, x0)
+
+
+@pytest.mark.parametrize("name", sorted(SCALAR_SOLVERS))
+def test_small_max_steps_gives_max_steps(name):
+    rosen = PROBLEMS["rosenbrock"]
+    x0, args = _as_jax(rosen)
+    sol = solve(SCALAR_SOLVERS[name](rosen.objective), x0, args, max_steps=3)
+    assert int(sol.status) == Status.MAX_STEPS and int(sol.num_steps) == 3

@@ -32,6 +32,7 @@ from opifex.optimization.scientific_integration.conservation import (
     ConservationLaw,
 )
 from opifex.optimization.scientific_integration.physics_loss import PhysicsInformedLoss
+from opifex.optimization.scientific_integration.profiling import PhysicsProfiler, ProfileReport
 from opifex.optimization.scientific_integration.validation import (
     NumericalValidationResult,
     NumericalValidator,
@@ -343,13 +344,7 @@ class ScientificComputingIntegrator:
         hist = {k: np.asarray(v) for k, v in history.items()}
         validation = None
         if self.config.validate:
-            validation = self.validator.validate(
-                loss.loss,
-                params,
-                batch,
-                term_losses_fn=loss.term_losses,
-                term_names=list(loss.names),
-            )
+            validation = self.validate(loss, params, batch)
         checks = ()
         if conservation_laws:
             if outputs_fn is None and reference is None:
@@ -359,10 +354,21 @@ class ScientificComputingIntegrator:
         final = evaluate(params) if evaluate else None
         return ScientificTrainingResult(params, hist, tuple(stage_info), final, validation, checks)
 
-    def _diverged(self, loss, params, batch, history, stage_info, stage_name):
-        validation = self.validator.validate(
+    def validate(self, loss: PhysicsInformedLoss, params, batch) -> NumericalValidationResult:
+        """Numerical validation of ``params`` on ``loss`` (per-term gradient norms included)."""
+        return self.validator.validate(
             loss.loss, params, batch, term_losses_fn=loss.term_losses, term_names=list(loss.names)
         )
+
+    def profile(self, loss: PhysicsInformedLoss, params, batch) -> ProfileReport:
+        """Compile time, step time, FLOPs, memory and collocation points per second of one
+        loss-and-gradient evaluation."""
+        points = sum(int(part["points"].shape[0]) for part in batch.values())
+        step = jax.value_and_grad(loss.loss)
+        return PhysicsProfiler().profile(step, params, batch, num_points=points)
+
+    def _diverged(self, loss, params, batch, history, stage_info, stage_name):
+        validation = self.validate(loss, params, batch)
         result = ScientificTrainingResult(
             params,
             {k: np.asarray(v) for k, v in history.items()},
