@@ -22,6 +22,8 @@ def test_readme_quick_start_runs():
     np.testing.assert_allclose(namespace["sol"].params, [1.0, 1.0], atol=1e-6)
     np.testing.assert_allclose(namespace["fit"].params, [2.0, -1.5], atol=1e-10)
     assert namespace["dy"].shape == (50,)
+    assert namespace["result"].relative_l2 < 1e-4
+    assert namespace["result"].validation.ok
 
 
 def test_readme_has_exactly_the_two_setup_commands():
