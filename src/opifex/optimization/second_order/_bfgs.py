@@ -32,15 +32,19 @@ class BFGSState(NamedTuple):
     value: jax.Array  # float [], objective at params
     grad: jax.Array  # float [n], flattened gradient at params
     inverse_hessian: jax.Array  # float [n, n], symmetric positive definite approximation H
+    hg: jax.Array  # float [n], H @ grad (so each step needs one product with H, not three)
     stepsize: jax.Array  # float [], step accepted by the last line search
     num_fun_evals: jax.Array  # int32 [], objective (and gradient) evaluations
     num_skipped: jax.Array  # int32 [], updates skipped for lack of curvature
 
 
-def _update(h, s, y, g, stepsize, self_scaling, curvature_eps):
-    """One (self-scaled) BFGS update of the inverse Hessian ``h`` with the pair ``(s, y)``."""
+def _correction(s, y, hy, g, stepsize, self_scaling, curvature_eps):
+    """The (self-scaled) BFGS update as ``H+ = H / tau + U diag(c) U'`` with ``U = [Hy, v, s]``.
+
+    Needs only ``Hy``, not ``H``. Returns ``(tau, U [n, 3], c [3], ok)``; a pair failing the
+    curvature test has ``tau = 1`` and ``c = 0`` (no update).
+    """
     sy = jnp.vdot(s, y)
-    hy = h @ y
     yhy = jnp.vdot(y, hy)
     ok = sy > curvature_eps * jnp.sqrt(jnp.vdot(s, s) * jnp.vdot(y, y))
     sy_safe = jnp.where(ok, sy, 1.0)
@@ -50,18 +54,28 @@ def _update(h, s, y, g, stepsize, self_scaling, curvature_eps):
     # overestimates curvature.
     sbs = -stepsize * jnp.vdot(s, g)
     tau = jnp.where(sbs > 0, jnp.minimum(1.0, sy / jnp.where(sbs > 0, sbs, 1.0)), 1.0)
-    tau = jnp.where(self_scaling, tau, 1.0)
-    tau = jnp.where(ok, tau, 1.0)
+    tau = jnp.where(self_scaling & ok, tau, 1.0)
     v = s / sy_safe - hy / yhy_safe
-    # One fused pass over the n x n matrix: a skipped pair has all coefficients 0. The update
-    # is symmetric in exact arithmetic, and an explicit re-symmetrisation (a transpose) would
-    # cost more than the rest of the step.
-    c_hy = jnp.where(ok, -1.0 / (tau * yhy_safe), 0.0)
-    c_v = jnp.where(ok, yhy / tau, 0.0)
-    c_s = jnp.where(ok, 1.0 / sy_safe, 0.0)
-    u = jnp.stack([hy, v, s], axis=1)
-    coef = jnp.stack([c_hy, c_v, c_s])
-    return h / tau + (u * coef) @ u.T, ok
+    coef = jnp.stack(
+        [
+            jnp.where(ok, -1.0 / (tau * yhy_safe), 0.0),
+            jnp.where(ok, yhy / tau, 0.0),
+            jnp.where(ok, 1.0 / sy_safe, 0.0),
+        ]
+    )
+    return tau, jnp.stack([hy, v, s], axis=1), coef, ok
+
+
+def _apply_correction(h, tau, u, coef):
+    # One pass over the n x n matrix. The update is symmetric in exact arithmetic; an explicit
+    # re-symmetrisation (a transpose) would cost more than the rest of the step.
+    return h / tau + (u * coef) @ u.T
+
+
+def _update(h, s, y, g, stepsize, self_scaling, curvature_eps):
+    """One (self-scaled) BFGS update of the inverse Hessian ``h`` with the pair ``(s, y)``."""
+    tau, u, coef, ok = _correction(s, y, h @ y, g, stepsize, self_scaling, curvature_eps)
+    return _apply_correction(h, tau, u, coef), ok
 
 
 def bfgs_solver(
@@ -137,13 +151,14 @@ def bfgs_solver(
         value, grad = flat_value_and_grad(unravel, args)(x)
         norm = jnp.sqrt(jnp.vdot(grad, grad))
         # The first step is capped to the unit ball, as in L-BFGS, until a pair gives scale.
-        h0 = jnp.where(norm > 0, jnp.minimum(1.0, 1.0 / norm), 1.0) * jnp.eye(x.size, dtype=x.dtype)
+        c0 = jnp.where(norm > 0, jnp.minimum(1.0, 1.0 / norm), 1.0).astype(x.dtype)
         return BFGSState(
             count=jnp.zeros((), jnp.int32),
             status=status_of(jnp.int32(0), grad),
             value=jnp.asarray(value, x.dtype),
             grad=grad,
-            inverse_hessian=h0,
+            inverse_hessian=c0 * jnp.eye(x.size, dtype=x.dtype),
+            hg=c0 * grad,
             stepsize=jnp.zeros((), x.dtype),
             num_fun_evals=jnp.ones((), jnp.int32),
             num_skipped=jnp.zeros((), jnp.int32),
@@ -152,7 +167,7 @@ def bfgs_solver(
     def step(params, state: BFGSState, args):
         x, unravel = ravel_pytree(params)
         g, h = state.grad, state.inverse_hessian
-        d = -(h @ g)
+        d = -state.hg
         slope = jnp.vdot(g, d)
         descent = slope < 0
         d = jnp.where(descent, d, -g)
@@ -169,16 +184,25 @@ def bfgs_solver(
             max_steps=max_linesearch_steps,
         )
         s = ls.stepsize * d
-        y = ls.grad - g
+        g1 = ls.grad
+        y = g1 - g
         # Until a pair is accepted, H_0 takes the scale s'y / y'y (N&W eq. 6.20).
         first = state.count == state.num_skipped
         sy, yy = jnp.vdot(s, y), jnp.vdot(y, y)
         scale = jnp.where(first & (sy > 0) & (yy > 0), sy / jnp.where(yy > 0, yy, 1.0), 0.0)
-        h = jnp.where(scale > 0, scale * jnp.eye(x.size, dtype=x.dtype), h)
+        rescale = scale > 0
+        # The one product with H per step: H g+. Then H y = H g+ - H g with H g from the state.
+        h, hg1, hg0 = jax.lax.cond(
+            rescale,
+            lambda: (scale * jnp.eye(x.size, dtype=x.dtype), scale * g1, scale * g),
+            lambda: (h, h @ g1, state.hg),
+        )
         # tau needs the H that made the step (s'Bs = -a s'g), so the rescaled first update and
         # a steepest-descent fallback step are plain BFGS.
         scaled = self_scaling & ~first & descent
-        h, ok = _update(h, s, y, g, ls.stepsize, scaled, curvature_eps)
+        tau, u, coef, ok = _correction(s, y, hg1 - hg0, g, ls.stepsize, scaled, curvature_eps)
+        h = jax.lax.cond(ok, lambda: _apply_correction(h, tau, u, coef), lambda: h)
+        hg = hg1 / tau + u @ (coef * (u.T @ g1))
         count = state.count + 1
         status = status_after_step(
             ls, state.value, g, count, gtol=gtol, ftol=ftol, max_iterations=max_iterations
@@ -189,6 +213,7 @@ def bfgs_solver(
             value=ls.value,
             grad=ls.grad,
             inverse_hessian=h,
+            hg=hg,
             stepsize=ls.stepsize,
             num_fun_evals=state.num_fun_evals + ls.num_evals,
             num_skipped=state.num_skipped + (~ok).astype(jnp.int32),
