@@ -175,13 +175,13 @@ class ScientificComputingIntegrator:
         >>> pde = lambda u, x, f: partial(u, x, 0, 2)[2] - f   # u'' = f on [0, 1]
         >>> loss = PhysicsInformedLoss(apply_mlp, (
         ...     ResidualTerm("pde", pde), ResidualTerm("bc", lambda u, x, _: u(x))))
-        >>> x = jnp.linspace(0.0, 1.0, 32)[:, None]
+        >>> x = jnp.linspace(0.0, 1.0, 16)[:, None]
         >>> batch = {"pde": {"points": x, "targets": -jnp.pi**2 * jnp.sin(jnp.pi * x[:, 0])},
         ...          "bc": {"points": jnp.array([[0.0], [1.0]]), "targets": None}}
-        >>> config = ScientificIntegrationConfig(adam_steps=200, adam_learning_rate=1e-2,
-        ...     second_order_steps=300, progress=False, validate=False)
+        >>> config = ScientificIntegrationConfig(adam_steps=100, adam_learning_rate=1e-2,
+        ...     second_order_steps=200, progress=False, validate=False)
         >>> result = ScientificComputingIntegrator(config=config).train(
-        ...     loss, init_mlp(jax.random.PRNGKey(0), (1, 16, 1)), batch,
+        ...     loss, init_mlp(jax.random.PRNGKey(0), (1, 8, 1)), batch,
         ...     reference=(x, jnp.sin(jnp.pi * x[:, 0])))
         >>> bool(result.relative_l2 < 1e-2)
         True
