@@ -34,13 +34,13 @@ def test_partial_matches_closed_form_derivatives():
 def test_partial_of_network_equals_nested_grad():
     params = init_mlp(jax.random.PRNGKey(1), (2, 8, 8, 1))
     pts = jnp.asarray(np.random.default_rng(1).normal(size=(5, 2)))
-    _, ux, uxx = partial(lambda p: apply_mlp(params, p), pts, 0, 2)
+    _, ux, uxx = jax.jit(lambda q: partial(lambda p: apply_mlp(params, p), q, 0, 2))(pts)
 
     def scalar(x):
         return apply_mlp(params, x[None])[0]
 
-    grads = jax.vmap(jax.grad(scalar))(pts)
-    hess = jax.vmap(jax.hessian(scalar))(pts)
+    grads = jax.jit(jax.vmap(jax.grad(scalar)))(pts)
+    hess = jax.jit(jax.vmap(jax.hessian(scalar)))(pts)
     np.testing.assert_allclose(ux, grads[:, 0], rtol=1e-12)
     np.testing.assert_allclose(uxx, hess[:, 0, 0], rtol=1e-10, atol=1e-14)
 

@@ -40,7 +40,7 @@ def run(ctx: Context) -> list[Record]:
     batch = problem.batch(0)
     if ctx.quick:
         batch["pde"]["points"] = batch["pde"]["points"][:500]
-        problem = dataclasses.replace(problem, sizes=(2, 20, 20, 1))
+        problem = dataclasses.replace(problem, sizes=(2, 10, 1))
     params = init_mlp(jax.random.PRNGKey(0), problem.sizes, dtype=jnp.float64)
     ours = jax.value_and_grad(problem.loss.loss)
     theirs = jax.value_and_grad(nested_grad_loss(problem))
