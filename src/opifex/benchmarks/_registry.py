@@ -13,6 +13,7 @@ from opifex.benchmarks._harness import Context, Record, records_table, write_sum
 SUITES: dict[str, str] = {
     "second-order": "opifex.benchmarks.second_order:run",
     "pinn": "opifex.benchmarks.pinn:run",
+    "control": "opifex.benchmarks.control:run",
 }
 
 

@@ -13,10 +13,7 @@ from opifex.optimization.second_order import BFGSConfig, create_bfgs_solver
 from opifex.optimization.second_order._bfgs import _update, bfgs_solver
 
 PROBLEMS = {p.name: p for p in problems()}
-
-
-def rosenbrock(x, a):
-    return (a - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
+rosenbrock = PROBLEMS["rosenbrock"].objective
 
 
 def quadratic(x, data):

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tests.problems import problems
 
 from opifex.optimization.core import Status, solve
 from opifex.optimization.second_order._lbfgs import (
@@ -19,24 +20,9 @@ from opifex.optimization.second_order._lbfgs import (
 )
 from opifex.optimization.second_order.config import LBFGSConfig
 
-
-def rosenbrock(x, a):
-    return (a - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
-
-
-def beale(x, args):
-    y = jnp.array([1.5, 2.25, 2.625])
-    i = jnp.arange(1.0, 4.0)
-    return jnp.sum((y - x[0] * (1.0 - x[1] ** i)) ** 2)
-
-
-def powell_singular(x, args):
-    return (
-        (x[0] + 10.0 * x[1]) ** 2
-        + 5.0 * (x[2] - x[3]) ** 2
-        + (x[1] - 2.0 * x[2]) ** 4
-        + 10.0 * (x[0] - x[3]) ** 4
-    )
+# Rosenbrock, Beale and Powell's singular function from the shared list: their minimisers are
+# checked for every solver, this one included, in test_reference_problems.py.
+rosenbrock = next(p for p in problems() if p.name == "rosenbrock").objective
 
 
 def quadratic(params, args):
@@ -54,27 +40,6 @@ def _spd(n, seed=0):
 
 def _split(x):
     return {"u": x[:2], "v": x[2:].reshape(2, 2)}
-
-
-@pytest.mark.parametrize(
-    ("fn", "x0", "args", "x_star"),
-    [
-        (rosenbrock, [-1.2, 1.0], 1.0, [1.0, 1.0]),
-        (beale, [1.0, 1.0], None, [3.0, 0.5]),
-    ],
-)
-def test_reference_problems(fn, x0, args, x_star):
-    sol = solve(lbfgs_solver(fn), jnp.asarray(x0), args)
-    assert int(sol.status) == Status.CONVERGED
-    np.testing.assert_allclose(sol.params, x_star, atol=1e-7)
-    assert float(sol.value) < 1e-14
-
-
-def test_powell_singular_reaches_zero():
-    # Singular Hessian at the minimiser: convergence is slow; f still falls below 1e-12.
-    sol = solve(lbfgs_solver(powell_singular, gtol=1e-10), jnp.array([3.0, -1.0, 0.0, 1.0]))
-    assert float(sol.value) < 1e-12
-    np.testing.assert_allclose(sol.params, np.zeros(4), atol=2e-3)
 
 
 def test_spd_quadratic_on_a_pytree():

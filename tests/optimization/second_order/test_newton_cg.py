@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests.problems import problems
 
 from opifex.optimization.core import Status, solve
 from opifex.optimization.second_order import NysNewtonCGConfig, create_nys_newton_cg_solver
@@ -16,9 +17,7 @@ from opifex.optimization.second_order._newton_cg import (
     nystrom_sketch,
 )
 
-
-def rosenbrock(x, a):
-    return (a - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
+rosenbrock = next(p for p in problems() if p.name == "rosenbrock").objective
 
 
 def extended_rosenbrock(x, args):
