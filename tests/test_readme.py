@@ -27,6 +27,8 @@ def test_readme_quick_start_runs():
     assert namespace["result"].relative_l2 < 1e-4
     assert [s["name"] for s in namespace["result"].stages] == ["adam", "bfgs"]
     assert namespace["result"].validation.ok
+    np.testing.assert_allclose(namespace["mpc_sol"].control, [-1.0])
+    np.testing.assert_array_equal(namespace["du0_dx0"], 0.0)
 
 
 def test_readme_has_exactly_the_two_setup_commands():
