@@ -58,11 +58,6 @@ SWING_UP = MPCConfig(
 
 @pytest.fixture(scope="module")
 def boxed():
-    return DifferentiableMPC(pendulum, SWING_UP, model_params=jnp.array([9.81, 0.3]), input_dim=1)
-
-
-@pytest.fixture(scope="module")
-def precise():
     """Solved to the feed-forward floor, for finite differences of the solution map."""
     config = SWING_UP.replace(tolerance=1e-12, cost_tolerance=0.0, max_iterations=300)
     return DifferentiableMPC(pendulum, config, model_params=jnp.array([9.81, 0.3]), input_dim=1)
@@ -83,6 +78,10 @@ def single_shooting_cost(mpc, x0, ref, params):
     return lambda u: tuple(np.asarray(v, float) for v in value_and_grad(jnp.asarray(u)))
 
 
+def _control_and_cost(sol):
+    return jnp.concatenate([sol.control, sol.cost[None]])
+
+
 def test_lqr_equals_riccati(lqr):
     x0 = jnp.array([1.0, -0.5])
     sol = lqr.solve(x0)
@@ -95,10 +94,9 @@ def test_lqr_equals_riccati(lqr):
 
 def test_lqr_gradients_are_riccati(lqr):
     x0 = jnp.array([1.0, 0.0])
-    grad = jax.grad(lambda x: lqr.solve(x).cost)(x0)
-    np.testing.assert_allclose(grad, 2 * P @ np.asarray(x0), rtol=1e-9)
-    jac = jax.jacobian(lambda x: lqr.solve(x).control)(x0)
-    np.testing.assert_allclose(jac, -K, rtol=1e-9)
+    sol = jax.jit(jax.jacrev(lambda x: _control_and_cost(lqr.solve(x))))(x0)
+    np.testing.assert_allclose(sol[1], 2 * P @ np.asarray(x0), rtol=1e-9)
+    np.testing.assert_allclose(sol[:1], -K, rtol=1e-9)
 
 
 def test_box_constrained_optimum_matches_scipy(boxed):
@@ -132,10 +130,10 @@ def _central(fn, x, h=1e-3):
     return np.stack(cols, axis=-1)
 
 
-def test_gradients_match_finite_differences_including_saturation(precise):
+def test_gradients_match_finite_differences_including_saturation(boxed):
     ref = np.array([np.pi, 0.0])
     x0 = np.array([0.3, 0.1])
-    base = precise.solve(x0, ref, initial_controls=np.zeros((25, 1)))
+    base = boxed.solve(x0, ref, initial_controls=np.zeros((25, 1)))
     u_star = base.controls
     margin = 0.6 - np.abs(np.asarray(u_star[:, 0]))
     saturated = margin <= 1e-9
@@ -144,10 +142,11 @@ def test_gradients_match_finite_differences_including_saturation(precise):
     assert np.all(margin[~saturated] > 1e-3), margin
 
     def solve(x):
-        return precise.solve(jnp.asarray(x), ref, initial_controls=u_star)
+        return boxed.solve(jnp.asarray(x), ref, initial_controls=u_star)
 
-    jac_u = np.asarray(jax.jacobian(lambda x: solve(x).controls[:, 0])(jnp.asarray(x0)))
-    grad_j = np.asarray(jax.grad(lambda x: solve(x).cost)(jnp.asarray(x0)))
+    sens = jax.jit(jax.jacrev(lambda x: jnp.append(solve(x).controls[:, 0], solve(x).cost)))
+    jac = np.asarray(sens(jnp.asarray(x0)))
+    jac_u, grad_j = jac[:-1], jac[-1]
     fd_u = _central(lambda x: np.asarray(solve(x).controls[:, 0]), x0)
     fd_j = _central(lambda x: float(solve(x).cost), x0)
     np.testing.assert_array_equal(jac_u[saturated], 0.0)
@@ -164,7 +163,7 @@ def test_gradients_wrt_cost_and_dynamics_parameters(lqr):
         p = (PARAMS[0], PARAMS[1] * b_scale)
         return lqr.solve(x0, cost_params=c, model_params=p).control[0]
 
-    g = jax.grad(cost_of, argnums=(0, 1))(1.0, 1.0)
+    g = jax.jit(jax.grad(cost_of, argnums=(0, 1)))(1.0, 1.0)
     fd_r = (cost_of(1 + 1e-3, 1.0) - cost_of(1 - 1e-3, 1.0)) / 2e-3
     fd_b = (cost_of(1.0, 1 + 1e-3) - cost_of(1.0, 1 - 1e-3)) / 2e-3
     np.testing.assert_allclose(g, (fd_r, fd_b), rtol=1e-4)
@@ -193,6 +192,16 @@ def test_warm_start_same_optimum_fewer_iterations():
     # Cost-based stopping pins the controls down to about sqrt(cost_tolerance) here.
     np.testing.assert_allclose(warm.controls, cold.controls, atol=1e-4)
     assert int(warm.iterations) * 2 <= int(cold.iterations), (warm.iterations, cold.iterations)
+    # second_order=False (plain iLQR) converges only linearly on this saturated problem.
+    ilqr = DifferentiableMPC(
+        pendulum,
+        config.replace(second_order=False),
+        model_params=jnp.array([9.81, 0.3]),
+        input_dim=1,
+    )
+    slow = ilqr.solve(x1, ref, initial_controls=np.zeros((25, 1)))
+    np.testing.assert_allclose(float(slow.cost), float(cold.cost), rtol=1e-8)
+    assert int(slow.iterations) >= 2 * int(cold.iterations), (slow.iterations, cold.iterations)
 
 
 def test_vmap_over_states_equals_loop(boxed):
@@ -251,7 +260,7 @@ def test_state_constraints_match_scipy_and_differentiate():
     np.testing.assert_allclose(float(sol.cost), ref.fun, rtol=1e-6)
 
     u_star = sol.controls
-    grad = jax.grad(lambda x: mpc.solve(x, initial_controls=u_star).cost)(jnp.asarray(x0))
+    grad = jax.jit(jax.grad(lambda x: mpc.solve(x, initial_controls=u_star).cost))(jnp.asarray(x0))
     fd = _central(lambda x: float(mpc.solve(x, initial_controls=u_star).cost), x0)
     np.testing.assert_allclose(grad, fd, rtol=1e-4)
 
@@ -270,12 +279,15 @@ def test_nonfinite_model_returns_best_feasible_control_not_nan():
 
 def test_box_qp_matches_scipy_on_random_instances():
     rng = np.random.default_rng(0)
+    solve_qp = jax.jit(box_qp)
     for _ in range(5):
         m = rng.normal(size=(3, 3))
         h = m @ m.T + 0.5 * np.eye(3)
         g = rng.normal(size=3) * 3
         lo, hi = -np.ones(3), np.ones(3)
-        res = box_qp(jnp.asarray(h), jnp.asarray(g), jnp.asarray(lo), jnp.asarray(hi), jnp.zeros(3))
+        res = solve_qp(
+            jnp.asarray(h), jnp.asarray(g), jnp.asarray(lo), jnp.asarray(hi), jnp.zeros(3)
+        )
         ref = scipy.optimize.minimize(
             lambda x, h=h, g=g: (0.5 * x @ h @ x + g @ x, h @ x + g),
             np.zeros(3),

@@ -45,6 +45,12 @@ def linear_data():
     return x, u
 
 
+@pytest.fixture(scope="module")
+def documented_identifier():
+    """The documented example's identifier; its tests share one compiled solver."""
+    return SystemIdentifier(model=LinearStateSpace(state_dim=2, input_dim=1, dt=0.1))
+
+
 def pendulum(x, u, p):
     return jnp.stack([x[1], -p["g_l"] * jnp.sin(x[0]) - p["c"] * x[1] + u[0]])
 
@@ -108,10 +114,10 @@ def test_polynomial_narx_recovers_true_coefficients_and_predicts_exactly():
 
 def test_stable_linear_is_schur_stable_by_construction_and_recovers_a(linear_data):
     model = StableLinear(4, 1)
-    for seed in range(5):
-        p = model.init_params(jax.random.key(seed))
-        p["W"] = 50.0 * jax.random.normal(jax.random.key(seed + 10), (4, 4))
-        p["T"] = jax.random.normal(jax.random.key(seed + 20), (4, 4))
+    rng = np.random.default_rng(10)
+    p = model.init_params(jax.random.key(0))
+    for _ in range(5):
+        p["W"], p["T"] = 50.0 * rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
         assert np.max(np.abs(np.linalg.eigvals(np.asarray(model.matrices(p)[0])))) < 1.0
     x, u = linear_data
     fitted = SystemIdentifier(model=StableLinear(2, 1), loss="one_step", max_iterations=20).fit(
@@ -131,11 +137,10 @@ def test_stable_linear_start_shrinks_an_unstable_least_squares_fit():
 # ---------------------------------------------------------------- iterative fits
 
 
-def test_simulation_error_recovers_linear_system(linear_data):
+def test_simulation_error_recovers_linear_system(linear_data, documented_identifier):
     x, u = linear_data
     start = {"A": 0.5 * np.eye(2), "B": np.ones((2, 1))}
-    ident = SystemIdentifier(model=LinearStateSpace(2, 1), max_iterations=50)
-    fitted = ident.fit(x, u, params=start)
+    fitted = documented_identifier.fit(x, u, params=start)
     np.testing.assert_allclose(fitted.params["A"], A_TRUE, atol=1e-9)
     np.testing.assert_allclose(fitted.params["B"], B_TRUE, atol=1e-9)
     assert fitted.status == Status.CONVERGED
@@ -185,11 +190,14 @@ def test_hamiltonian_model_conserves_energy_without_dissipation():
     model = HamiltonianModel(2, 1, dt=0.01, hidden=(8,), dissipation=False)
     params = model.init_params(jax.random.key(0))
     x0 = jnp.array([0.3, -0.2, 0.1, 0.4])
-    step = jax.jit(lambda x: model.dynamics(x, jnp.zeros(1), params))
-    x = x0
-    for _ in range(200):
-        x = step(x)
-    h0, h1 = model.energy(x0, params), model.energy(x, params)
+
+    @jax.jit
+    def run(x0, params):
+        step = lambda _, x: model.dynamics(x, jnp.zeros(1), params)  # noqa: E731
+        x = jax.lax.fori_loop(0, 200, step, x0)
+        return x, model.energy(x0, params), model.energy(x, params)
+
+    x, h0, h1 = run(x0, params)
     assert abs(float(h1 - h0)) < 1e-8 * abs(float(h0))
     assert float(jnp.linalg.norm(x - x0)) > 0.1
 
@@ -331,10 +339,9 @@ def test_config_fields_change_the_fit(linear_data):
 # ---------------------------------------------------------------- the documented example
 
 
-def test_documented_example_and_controller_contract(linear_data):
+def test_documented_example_and_controller_contract(linear_data, documented_identifier):
     state_data, input_data = linear_data
-    dynamics_model = LinearStateSpace(state_dim=2, input_dim=1, dt=0.1)
-    system_id = SystemIdentifier(model=dynamics_model)
+    system_id = documented_identifier
     trained_model = system_id.fit(state_data, input_data)
 
     assert isinstance(trained_model, FittedModel)

@@ -47,8 +47,13 @@ def lqr_records() -> list[Record]:
         input_dim=1,
     )
     sol = mpc.solve(x0)
-    grad = jax.grad(lambda x: mpc.solve(x).cost)(x0)
-    jac = jax.jacobian(lambda x: mpc.solve(x).control)(x0)
+    def control_and_cost(x):
+        sol = mpc.solve(x)
+        return jnp.concatenate([sol.control, sol.cost[None]])
+
+    # jit around the whole Jacobian: one compilation instead of op-by-op implicit backward passes.
+    sens = np.asarray(jax.jit(jax.jacrev(control_and_cost))(x0))
+    jac, grad = sens[:1], sens[1]
     riccati = float(x0 @ p @ x0)
     return [
         Record(
@@ -95,7 +100,18 @@ def cartpole_records(ctx: Context) -> list[Record]:
     steps = ctx.option("closed_loop_steps", 10 if ctx.quick else 100, int)
     repeats = 3 if ctx.quick else 7
     ipopt = cp.CasadiCartPole(tol=1e-10)
-    mpc = DifferentiableMPC(cp.dynamics_ct, cp.mpc_config(max_iterations=500), input_dim=1)
+    # Real-time tolerances for the closed loop: a normalised step of 1e-6 (8e-5 N at the bound).
+    realtime = DifferentiableMPC(
+        cp.dynamics_ct,
+        cp.mpc_config(max_iterations=500, tolerance=1e-6, cost_tolerance=1e-10),
+        input_dim=1,
+    )
+    # The open-loop optimum to the default tolerances (the quick run reuses the real-time one).
+    mpc = (
+        realtime
+        if ctx.quick
+        else DifferentiableMPC(cp.dynamics_ct, cp.mpc_config(max_iterations=500), input_dim=1)
+    )
     x0 = jnp.asarray(cp.X0)
     records: list[Record] = []
 
@@ -135,20 +151,18 @@ def cartpole_records(ctx: Context) -> list[Record]:
     ]
 
     # Closed loop: both warm-started from their previous solution; the same RK4 plant.
-    plant_jit = jax.jit(lambda x, u: mpc.dynamics(x, u, None))
+    plant_jit = jax.jit(lambda x, u: realtime.dynamics(x, u, None))
 
     def plant(x, u):
         return np.asarray(plant_jit(x, np.asarray(u, float).reshape(1)))
 
-    mpc.reset()
-
     def ours_step(x):
-        sol = mpc.solve(x)
+        sol = realtime.solve(x)
         return np.asarray(sol.control), int(sol.iterations)
 
     ours_loop = _closed_loop(ours_step, plant, cp.X0, steps, cp.stage_cost_np)
     cold_iters = [
-        int(mpc.solve(x, initial_controls=np.zeros((cp.HORIZON, 1))).iterations)
+        int(realtime.solve(x, initial_controls=np.zeros((cp.HORIZON, 1))).iterations)
         for x in ours_loop[0][:-1]
     ]
     guess = [None]
@@ -193,32 +207,42 @@ def cartpole_records(ctx: Context) -> list[Record]:
             ">= 2",
         ),
     ]
-    records += _gradient_records(mpc, ipopt, ours.controls)
+    records += _gradient_records(ctx, realtime, ipopt, ours.controls)
     _plot(ctx, ours, (ip_u, ip_x), ours_loop, ip_loop)
     return records
 
 
-def _gradient_records(mpc, ipopt, saturated_controls) -> list[Record]:
+def _gradient_records(ctx: Context, realtime, ipopt, saturated_controls) -> list[Record]:
     import jax
     import jax.numpy as jnp
 
     from opifex.benchmarks.problems import cartpole as cp
     from opifex.optimization.control import DifferentiableMPC
 
-    # Tight tolerances so that finite differences of the solution map are accurate.
-    precise = DifferentiableMPC(
-        cp.dynamics_ct,
-        cp.mpc_config(max_iterations=2000, tolerance=1e-13, cost_tolerance=0.0),
-        input_dim=1,
-    )
+    # Tight tolerances so that finite differences of the solution map are accurate (the quick
+    # run reuses the real-time controller and a wider step: a smoke test, not a measurement).
+    if ctx.quick:
+        precise, step = realtime, 1e-3
+    else:
+        config = cp.mpc_config(max_iterations=2000, tolerance=1e-13, cost_tolerance=0.0)
+        precise, step = DifferentiableMPC(cp.dynamics_ct, config, input_dim=1), FD_STEP
     x_int = jnp.asarray(INTERIOR_STATE)
     base = precise.solve(x_int, initial_controls=np.zeros((cp.HORIZON, 1)))
     u_star = base.controls
     active = int(np.sum(np.abs(np.asarray(u_star)) >= cp.F_MAX - 1e-9))
 
+    def control_and_cost(x, u_init):
+        sol = precise.solve(x, initial_controls=u_init)
+        return jnp.concatenate([sol.control, sol.cost[None]])
+
+    # One reverse-mode Jacobian gives du0/dx0 and dJ/dx0 (implicit differentiation).
+    sensitivity = jax.jit(jax.jacrev(control_and_cost))
+    jac = np.asarray(sensitivity(x_int, u_star))
+    du, dj = jac[0], jac[1]
+    sat = np.asarray(sensitivity(jnp.asarray(cp.X0), saturated_controls))[0]
+
     def ours(x):
-        sol = precise.solve(jnp.asarray(x), initial_controls=u_star)
-        return np.array([float(sol.control[0]), float(sol.cost)])
+        return np.asarray(control_and_cost(jnp.asarray(x), u_star))
 
     fine_ipopt = type(ipopt)(tol=1e-12)
     _, _, _, w_star = fine_ipopt.solve(INTERIOR_STATE)
@@ -231,18 +255,11 @@ def _gradient_records(mpc, ipopt, saturated_controls) -> list[Record]:
         cols = []
         for i in range(4):
             e = np.zeros(4)
-            e[i] = FD_STEP
-            cols.append((fn(INTERIOR_STATE + e) - fn(INTERIOR_STATE - e)) / (2 * FD_STEP))
+            e[i] = step
+            cols.append((fn(INTERIOR_STATE + e) - fn(INTERIOR_STATE - e)) / (2 * step))
         return np.array(cols).T  # rows: u0, J
 
-    du = np.asarray(
-        jax.jacobian(lambda x: precise.solve(x, initial_controls=u_star).control)(x_int)
-    )[0]
-    dj = np.asarray(jax.grad(lambda x: precise.solve(x, initial_controls=u_star).cost)(x_int))
     fd_ours, fd_ipopt = central(ours), central(theirs)
-    sat = jax.jacobian(lambda x: precise.solve(x, initial_controls=saturated_controls).control)(
-        jnp.asarray(cp.X0)
-    )
     return [
         Record("gradients: active bounds at the interior state", active, "", "<= 0"),
         Record(

@@ -40,7 +40,11 @@ def dynamics_ct(x, u, params=None):
 
 
 def mpc_config(**changes):
-    """The benchmark's :class:`MPCConfig` (weights scaled by ``dt`` as in the cost above)."""
+    """The benchmark's :class:`MPCConfig` (weights scaled by ``dt`` as in the cost above).
+
+    Plain iLQR (``second_order=False``): on this problem the DDP second-order terms do not cut
+    iterations (measured 62 against 55 from rest) and make each one dearer.
+    """
     from opifex.optimization.control import MPCConfig
 
     settings = dict(
@@ -52,6 +56,7 @@ def mpc_config(**changes):
         input_upper=F_MAX,
         dt=DT,
         continuous_time=True,
+        second_order=False,
     )
     settings.update(changes)
     return MPCConfig(**settings)

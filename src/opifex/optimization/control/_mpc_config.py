@@ -63,6 +63,9 @@ class MPCConfig:
         max_iterations: Iteration budget of one solve.
         tolerance: Converged when the normalised DDP feed-forward step is below it.
         cost_tolerance: Converged when an iteration lowers the cost by less than this, relative.
+        second_order: Add DDP's second-order dynamics terms once near a solution (Newton-like
+            convergence where the costates are large, e.g. a saturated swing-up); ``False``
+            runs plain iLQR, cheaper per iteration, which suits mildly nonlinear problems.
         real_time_iterations: If set, every solve stops after at most this many iterations
             (a fixed compute budget); the control returned is the best found, feasible for the
             input bounds, and the status says ``MAX_STEPS`` when the budget ran out.
@@ -85,6 +88,7 @@ class MPCConfig:
     max_iterations: int = 100
     tolerance: float = 1e-8
     cost_tolerance: float = 1e-12
+    second_order: bool = True
     real_time_iterations: int | None = None
     warm_start: bool = True
     constraint_tolerance: float = 1e-6
@@ -121,6 +125,7 @@ class MPCConfig:
             self.max_iterations,
             "an int >= 1",
         )
+        _check(isinstance(self.second_order, bool), "second_order", self.second_order, "a bool")
         if self.real_time_iterations is not None:
             _check(
                 _is_int(self.real_time_iterations) and self.real_time_iterations >= 1,

@@ -54,6 +54,7 @@ def augmented_lagrangian_ddp(
     penalty: float = 10.0,
     penalty_growth: float = 10.0,
     constraint_tolerance: float = 1e-6,
+    second_order: bool = True,
 ) -> Solver:
     """Box-DDP with constraints ``constraint(x_t, x_{t+1}) <= 0`` for ``t < N``.
 
@@ -61,7 +62,7 @@ def augmented_lagrangian_ddp(
         dynamics, stage_cost, terminal_cost: As for :func:`._ilqr.box_ddp`.
         constraint: ``g(x, x_next) -> [nc]``, required ``<= 0``.
         inner_iterations: DDP iteration budget per outer iteration.
-        gtol, ftol: DDP tolerances.
+        gtol, ftol, second_order: As for :func:`._ilqr.box_ddp`.
         penalty: Initial ``rho``.
         penalty_growth: Factor on ``rho`` after an outer iteration that left a violation.
         constraint_tolerance: Converged when the largest violation is at most this and the

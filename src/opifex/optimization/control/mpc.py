@@ -223,6 +223,7 @@ class DifferentiableMPC:
             max_iterations=max_steps,
             gtol=config.tolerance,
             ftol=config.cost_tolerance,
+            second_order=config.second_order,
         )
         self._stage_cost, self._terminal_cost = stage_cost, terminal_cost
         if self._constrained:
@@ -234,6 +235,7 @@ class DifferentiableMPC:
                 inner_iterations=max_steps,
                 gtol=config.tolerance,
                 ftol=config.cost_tolerance,
+                second_order=config.second_order,
                 penalty=config.penalty,
                 penalty_growth=config.penalty_growth,
                 constraint_tolerance=config.constraint_tolerance,
