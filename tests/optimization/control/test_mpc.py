@@ -389,3 +389,33 @@ def test_documented_example_runs_with_an_identified_model():
     np.testing.assert_allclose(
         float(control_action.cost), current_state @ P @ current_state, rtol=1e-8
     )
+
+
+def test_general_cost_equals_the_same_quadratic_and_differentiates_its_parameters(lqr):
+    def stage(x, u, r, c):
+        return c["q"] * jnp.sum((x - r) ** 2) + c["r"] * jnp.sum(u**2)
+
+    def terminal(x, r, c):
+        return (x - r) @ c["P"] @ (x - r)
+
+    general = DifferentiableMPC(
+        double_integrator,
+        MPCConfig(horizon=30),
+        model_params=PARAMS,
+        input_dim=1,
+        stage_cost=stage,
+        terminal_cost=terminal,
+        cost_params={"q": 1.0, "r": 1.0, "P": jnp.asarray(P)},
+    )
+    x0 = jnp.array([0.7, -0.2])
+    a, b = general.solve(x0), lqr.solve(x0)
+    np.testing.assert_allclose(a.controls, b.controls, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(float(a.cost), float(x0 @ P @ x0), rtol=1e-10)
+
+    def u0(r_weight):
+        c = {"q": 1.0, "r": r_weight, "P": jnp.asarray(P)}
+        return general.solve(x0, cost_params=c).control[0]
+
+    g = jax.jit(jax.grad(u0))(1.0)
+    fd = (u0(1.0 + 1e-3) - u0(1.0 - 1e-3)) / 2e-3
+    np.testing.assert_allclose(g, fd, rtol=1e-4)

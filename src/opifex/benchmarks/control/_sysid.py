@@ -94,12 +94,12 @@ def _tanks_model():
     )
 
 
-def _read_csv(ctx: Context, parts, source, **kwargs) -> np.ndarray:
+def _read_csv(ctx: Context, parts, source, reader=np.genfromtxt, **kwargs) -> np.ndarray:
     from opifex._data import data_path
 
     path = data_path(*parts)
     ctx.console.print(f"[dim]data: {path} ({source})[/dim]")
-    return np.genfromtxt(path, delimiter=",", **kwargs)
+    return reader(path, delimiter=",", **kwargs)
 
 
 def _plot(ctx: Context, name: str, title: str, t, measured, curves, unit: str) -> None:
@@ -176,7 +176,10 @@ def _tanks(ctx: Context) -> list[Record]:
 def _silverbox(ctx: Context) -> list[Record]:
     from opifex.optimization.control.system_id import ARX, SystemIdentifier, rmse
 
-    data = _read_csv(ctx, SILVERBOX_FILE, SILVERBOX_SOURCE, skip_header=1, usecols=(0, 1))
+    # loadtxt reads the 131072 rows several times faster than genfromtxt, to the same values.
+    data = _read_csv(
+        ctx, SILVERBOX_FILE, SILVERBOX_SOURCE, reader=np.loadtxt, skiprows=1, usecols=(0, 1)
+    )
     u, y = data[:, 0], data[:, 1]
     block_u, block_y = u[40650:127400], y[40650:127400]
     split = int(0.75 * len(block_u))

@@ -3,7 +3,9 @@
 Each residual is a pure ``(theta, args) -> r`` over a batch of ``B`` equal-length records:
 ``args = {"y": (B, T, ny), "u": (B, T, nu), "w": (ny,), ...}`` carries the data (``w`` the
 per-channel weights, the inverse standard deviations of ``y``), ``theta = {"model": params,
-...}`` the unknowns. The model description is static structure, not data.
+...}`` the unknowns. The model description is static structure, not data. Residuals are
+returned jitted: a Levenberg-Marquardt solve traces its residual four times (value and
+Jacobian, at the start and in the step), and an inner ``jit`` traces the model once.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def simulation_residual(model: Model, estimate_x0: bool):
         states, _ = jax.vmap(rollout, in_axes=(None, None, 0, 0))(model, params, x0, args["u"])
         return ((outputs_of(model, params, states) - args["y"]) * args["w"]).ravel()
 
-    return residual
+    return jax.jit(residual)
 
 
 def one_step_residual(model: Model):
@@ -57,7 +59,7 @@ def one_step_residual(model: Model):
         pred = jax.vmap(jax.vmap(lambda x, u: model.dynamics(x, u, params)))(x, u)
         return ((pred - args["y"][:, 1:]) * args["w"]).ravel()
 
-    return residual
+    return jax.jit(residual)
 
 
 def shooting_segments(num_samples: int, horizon: int) -> int:
@@ -90,7 +92,7 @@ def multiple_shooting_residual(model: Model, horizon: int, continuity_weight: fl
         defects = continuity_weight * (x_end[:, :-1] - x0[:, 1:])
         return jnp.concatenate([(out_err * args["w"]).ravel(), defects.ravel()])
 
-    return residual
+    return jax.jit(residual)
 
 
 def initial_state_residual(model: Model):
@@ -100,7 +102,7 @@ def initial_state_residual(model: Model):
         states, _ = rollout(model, args["params"], x0, args["u"])
         return ((outputs_of(model, args["params"], states) - args["y"]) * args["w"]).ravel()
 
-    return residual
+    return jax.jit(residual)
 
 
 def initial_state_solver(model: Model, max_iterations: int):
