@@ -47,6 +47,7 @@ def lqr_records() -> list[Record]:
         input_dim=1,
     )
     sol = mpc.solve(x0)
+
     def control_and_cost(x):
         sol = mpc.solve(x)
         return jnp.concatenate([sol.control, sol.cost[None]])
