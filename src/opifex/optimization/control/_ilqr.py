@@ -89,7 +89,9 @@ def rollout(dynamics, stage_cost, terminal_cost, controls, args: OCPArgs):
     return jnp.concatenate([xs, x_n[None]]), total
 
 
-def _expansions(dynamics, stage_cost, terminal_cost, states, controls, args, second_order):
+def _expansions(
+    dynamics, stage_cost, terminal_cost, states, controls, args, second_order, cost_derivatives
+):
     """Jacobians ``[f_x f_u]`` and cost derivatives in ``z = (x, u)``, vectorised over stages.
 
     One reverse-mode Jacobian in the joint variable ``z`` (``nx`` outputs, fewer than the
@@ -107,6 +109,8 @@ def _expansions(dynamics, stage_cost, terminal_cost, states, controls, args, sec
             return stage_cost(z[:nx], z[nx:], ref, args.cost_params)
 
         z = jnp.concatenate([x, u])
+        if cost_derivatives is not None:
+            return jax.jacrev(f_z)(z), *cost_derivatives(x, u, ref, args.cost_params)
         return jax.jacrev(f_z)(z), jax.grad(cost)(z), jax.hessian(cost)(z)
 
     fz, lz, lzz = jax.vmap(stage_derivs)(states[:-1], controls, ref_stages)
@@ -221,6 +225,7 @@ def box_ddp(
     mu_max: float = 1e10,
     second_order: bool = True,
     switch_norm: float = 1e-2,
+    cost_derivatives: Callable | None = None,
 ) -> Solver:
     """Box-DDP / iLQR for input-constrained optimal control (see the module docstring).
 
@@ -238,6 +243,8 @@ def box_ddp(
             Newton-like convergence near the solution (measured on a pendulum swing-up: 17
             iterations instead of 45); ``False`` is plain iLQR throughout.
         switch_norm: Feed-forward norm below which the second-order terms are used.
+        cost_derivatives: Optional ``(x, u, r_t, c) -> (grad, hessian)`` of the stage cost in
+            ``z = (x, u)``, e.g. the closed form of a quadratic cost; by default autodiff.
 
     Returns:
         A :class:`~opifex.optimization.core.Solver` over controls ``[N, nu]`` with args
@@ -279,7 +286,16 @@ def box_ddp(
         # make convergence quadratic; far from it they can make Quu indefinite, and the
         # Gauss-Newton (iLQR) model is the more robust one.
         near = second_order & (state.feedforward_norm < switch_norm)
-        exp = _expansions(dynamics, stage_cost, terminal_cost, state.states, controls, args, near)
+        exp = _expansions(
+            dynamics,
+            stage_cost,
+            terminal_cost,
+            state.states,
+            controls,
+            args,
+            near,
+            cost_derivatives,
+        )
         ok, ks, gains, dv = _backward(*exp, controls, args.lower, args.upper, state.mu)
         ks = jnp.where(ok, ks, 0.0)
         gains = jnp.where(ok, gains, 0.0)
@@ -309,7 +325,9 @@ def box_ddp(
             done = (expected > 0) & (state.value - value > 1e-4 * expected)
             return i + 1, xs, us, value, done
 
-        init_carry = (jnp.int32(0), state.states, controls, state.value, ~ok)
+        small_ff = ok & (ff_norm < gtol)
+        # A converged backward pass needs no forward pass: the step it would take is below gtol.
+        init_carry = (jnp.int32(0), state.states, controls, state.value, ~ok | small_ff)
         tried, xs_new, us_new, values, accepted = jax.lax.while_loop(
             line_search_cond, line_search_body, init_carry
         )
@@ -323,7 +341,6 @@ def box_ddp(
         dmu_bad = jnp.maximum(state.dmu * _MU_FACTOR, _MU_FACTOR)
         mu_bad = jnp.maximum(mu_min, state.mu * dmu_bad)
 
-        small_ff = ok & (ff_norm < gtol)
         small_df = accepted & (state.value - new_value <= ftol * jnp.abs(new_value))
         status = jnp.where(
             small_ff | small_df,

@@ -95,6 +95,15 @@ def _quadratic_stage(x, u, r, c):
     return dx @ c["Q"] @ dx + u @ c["R"] @ u
 
 
+def _quadratic_derivatives(x, u, r, c):
+    """Gradient and Hessian of :func:`_quadratic_stage` in ``z = (x, u)``, in closed form."""
+    q, rr = c["Q"] + c["Q"].T, c["R"] + c["R"].T
+    grad = jnp.concatenate([q @ (x - r), rr @ u])
+    nx, nu = x.shape[0], u.shape[0]
+    hess = jnp.block([[q, jnp.zeros((nx, nu), q.dtype)], [jnp.zeros((nu, nx), q.dtype), rr]])
+    return grad, hess
+
+
 def _quadratic_terminal(x, r, c):
     dx = x - r
     return dx @ c["Q_N"] @ dx
@@ -224,6 +233,7 @@ class DifferentiableMPC:
             gtol=config.tolerance,
             ftol=config.cost_tolerance,
             second_order=config.second_order,
+            cost_derivatives=_quadratic_derivatives if self._quadratic else None,
         )
         self._stage_cost, self._terminal_cost = stage_cost, terminal_cost
         if self._constrained:
