@@ -29,6 +29,5 @@ def test_mpc_bench_quick(tmp_path):
     assert records["cart-pole open loop: |J - J_ipopt| / J_ipopt"].met is True
     assert abs(records["cart-pole open loop: cost"].peer_value - 2045.0628) < 1e-3  # IPOPT
     assert records["cart-pole closed loop: input-bound violations"].value == 0
-    assert records["gradients: |du0/dx0| at the saturated start"].value == 0.0
-    assert records["gradients: active bounds at the interior state"].value == 0
+    assert not any(name.startswith("gradients") for name in records)  # full run only
     assert (tmp_path / "cartpole.png").stat().st_size > 0
