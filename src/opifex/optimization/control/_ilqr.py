@@ -285,7 +285,8 @@ def box_ddp(
         # Newton-like DDP terms only near a solution (small feed-forward steps), where they
         # make convergence quadratic; far from it they can make Quu indefinite, and the
         # Gauss-Newton (iLQR) model is the more robust one.
-        near = second_order & (state.feedforward_norm < switch_norm)
+        # A Python False (not a traced one) when off, so the curvature branch is not compiled.
+        near = (state.feedforward_norm < switch_norm) if second_order else False
         exp = _expansions(
             dynamics,
             stage_cost,
