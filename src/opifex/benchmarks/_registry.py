@@ -14,6 +14,7 @@ SUITES: dict[str, str] = {
     "second-order": "opifex.benchmarks.second_order:run",
     "pinn": "opifex.benchmarks.pinn:run",
     "control": "opifex.benchmarks.control:run",
+    "l2o": "opifex.benchmarks.l2o:run",
 }
 
 

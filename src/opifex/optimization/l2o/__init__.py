@@ -1,0 +1,1 @@
+"""Learn-to-optimize: learned optimizers, parametric solvers and constraint learning."""
