@@ -1,0 +1,187 @@
+"""Meta-training of the learned optimizer by truncated unrolls (ES or gradient through scan).
+
+A batch of ``num_tasks`` tasks is carried between meta-steps: each meta-step continues every
+task for ``unroll_length`` inner steps and scores the segment; a task whose inner step count
+has reached ``horizon`` is replaced by a freshly sampled one first. With the default
+``horizon = unroll_length`` every meta-step sees new tasks from their initial point.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from opifex.optimization.l2o._learned_optimizer import learned_optimizer, num_layers
+from opifex.optimization.l2o._task_families import TaskFamily
+
+METHODS = ("es", "grad")
+LOSS_FLOOR = 1e-12  # relative: log(loss / loss0 + 1e-12) >= -27.6, finite at exact minima
+DIVERGENCE_PENALTY = 5.0  # per-step meta-loss of a non-finite or > e^5 x initial loss
+
+
+class InnerState(NamedTuple):
+    """One task being optimized inside meta-training (batched along a leading axis)."""
+
+    task: Any  # the task's pytree
+    params: Any  # current parameters
+    opt_state: Any  # LearnedOptimizerState
+    loss0: jax.Array  # [] loss at the task's initial parameters
+
+
+def fresh_inner(theta, family: TaskFamily, key: jax.Array) -> InnerState:
+    """Sample a task and its initial point (for one key; vmap for a batch)."""
+    k_task, k_init = jax.random.split(key)
+    task = family.sample(k_task)
+    params = family.init(k_init, task)
+    opt_state = learned_optimizer(theta).init(params)
+    return InnerState(task, params, opt_state, family.loss(params, task))
+
+
+def unroll(theta, family: TaskFamily, inner: InnerState, length: int):
+    """Run ``length`` learned-optimizer steps on one task; return (meta-loss, new inner state).
+
+    The meta-loss is the mean over the segment's steps of ``log(loss_t / loss0 + 1e-12)``,
+    replaced by ``DIVERGENCE_PENALTY`` where non-finite or larger.
+    """
+    opt = learned_optimizer(theta)
+
+    def body(carry, _):
+        params, opt_state = carry
+        value, grads = jax.value_and_grad(family.loss)(params, inner.task)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    (params, opt_state), values = jax.lax.scan(
+        body, (inner.params, inner.opt_state), None, length=length
+    )
+    after = jnp.concatenate([values[1:], family.loss(params, inner.task)[None]])
+    rel = jnp.log(after / inner.loss0 + LOSS_FLOOR)
+    rel = jnp.where(jnp.isfinite(rel), jnp.minimum(rel, DIVERGENCE_PENALTY), DIVERGENCE_PENALTY)
+    return jnp.mean(rel), InnerState(inner.task, params, opt_state, inner.loss0)
+
+
+def batch_meta_loss(theta, family: TaskFamily, inner: InnerState, length: int):
+    """Mean meta-loss over a batch of tasks (leading axis of ``inner``) and the new batch."""
+    losses, new = jax.vmap(lambda s: unroll(theta, family, s, length))(inner)
+    return jnp.mean(losses), new
+
+
+def es_gradient(loss_fn, theta, key: jax.Array, num_perturbations: int, sigma: float):
+    """Antithetic ES estimate of ``grad loss_fn(theta)`` and the mean of the evaluated losses.
+
+    ``g = 1 / (2 sigma P) sum_i (L(theta + sigma e_i) - L(theta - sigma e_i)) e_i`` with
+    ``e_i ~ N(0, I)`` (Salimans et al. 2017). ``loss_fn(theta) -> (loss, aux)``; the aux of
+    the first positive perturbation is returned (it carries the truncated-unroll state).
+    """
+    flat, unravel = ravel_pytree(theta)
+    eps = jax.random.normal(key, (num_perturbations, flat.size), flat.dtype)
+    thetas = jnp.concatenate([flat + sigma * eps, flat - sigma * eps])
+    losses, aux = jax.vmap(lambda f: loss_fn(unravel(f)))(thetas)
+    diff = losses[:num_perturbations] - losses[num_perturbations:]
+    grad = unravel((diff @ eps) / (2.0 * sigma * num_perturbations))
+    return grad, jnp.mean(losses), jax.tree.map(lambda a: a[0], aux)
+
+
+def _check(name, value, kind, low, *, strict=False):
+    bad = not isinstance(value, kind) or isinstance(value, bool)
+    bad = bad or (value <= low if strict else value < low)
+    if bad:
+        rel = ">" if strict else ">="
+        what = "an int" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what} {rel} {low}, got {value!r}.")
+
+
+def meta_train(
+    theta: dict[str, Any],
+    family: TaskFamily,
+    *,
+    meta_learning_rate: float,
+    meta_steps: int,
+    unroll_length: int,
+    num_tasks: int,
+    method: str = "es",
+    key: jax.Array,
+    progress: Any = None,
+    horizon: int | None = None,
+    num_perturbations: int = 8,
+    sigma: float = 0.01,
+    max_grad_norm: float = 1.0,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Meta-train ``theta`` on ``family`` by truncated unrolls; see ``l2o_engine.meta_train``."""
+    num_layers(theta)
+    if not isinstance(family, TaskFamily):
+        raise TypeError(f"family must be a TaskFamily, got {type(family).__name__}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    _check("meta_learning_rate", meta_learning_rate, (int, float), 0, strict=True)
+    _check("meta_steps", meta_steps, int, 1)
+    _check("unroll_length", unroll_length, int, 1)
+    _check("num_tasks", num_tasks, int, 1)
+    _check("num_perturbations", num_perturbations, int, 1)
+    _check("sigma", sigma, (int, float), 0, strict=True)
+    _check("max_grad_norm", max_grad_norm, (int, float), 0, strict=True)
+    horizon = unroll_length if horizon is None else horizon
+    _check("horizon", horizon, int, unroll_length)
+    key = jnp.asarray(key)
+    if key.shape != (2,) and not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise TypeError(f"key must be a PRNG key such as jax.random.PRNGKey(0), got {key!r}.")
+    probe = jax.eval_shape(lambda k: fresh_inner(theta, family, k), jax.random.PRNGKey(0))
+    if probe.loss0.shape != ():
+        raise ValueError(f"family.loss must return a scalar, got shape {probe.loss0.shape}.")
+
+    # Weak-typed leaves would change type after the first update and force a second compile.
+    theta = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.asarray(a).dtype), theta)
+    meta_opt = optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(meta_learning_rate))
+
+    def reset(theta, inner, key):
+        fresh = jax.vmap(lambda k: fresh_inner(theta, family, k))(jax.random.split(key, num_tasks))
+        done = inner.opt_state.count >= horizon
+
+        def pick(a, b):
+            return jnp.where(done.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+        return jax.tree.map(pick, fresh, inner)
+
+    @jax.jit
+    def meta_step(theta, meta_state, inner, key):
+        k_reset, k_es = jax.random.split(key)
+        inner = reset(theta, inner, k_reset)
+
+        def loss_fn(th):
+            return batch_meta_loss(th, family, inner, unroll_length)
+
+        if method == "es":
+            grad, loss, inner = es_gradient(loss_fn, theta, k_es, num_perturbations, sigma)
+        else:
+            (loss, inner), grad = jax.value_and_grad(loss_fn, has_aux=True)(theta)
+            grad = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grad)
+        updates, meta_state = meta_opt.update(grad, meta_state, theta)
+        return optax.apply_updates(theta, updates), meta_state, inner, loss
+
+    # Placeholder tasks, all marked finished, so the first meta-step samples its own batch
+    # inside the compiled step (eager sampling here would compile every op separately).
+    shapes = jax.eval_shape(
+        jax.vmap(lambda k: fresh_inner(theta, family, k)), jax.random.split(key, num_tasks)
+    )
+    inner = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    inner = inner._replace(
+        opt_state=inner.opt_state._replace(count=jnp.full(num_tasks, horizon, jnp.int32))
+    )
+    meta_state = meta_opt.init(theta)
+    losses, times = [], []
+    bar = progress.add_task("meta-train", total=meta_steps) if progress is not None else None
+    t0 = time.perf_counter()
+    for k in jax.random.split(key, meta_steps):
+        theta, meta_state, inner, loss = meta_step(theta, meta_state, inner, k)
+        losses.append(float(loss))
+        times.append(time.perf_counter() - t0)
+        if bar is not None:
+            progress.update(bar, advance=1, description=f"meta-train {method} {losses[-1]:.3f}")
+    history = {"meta_loss": np.asarray(losses), "time_s": np.asarray(times)}
+    return theta, history
