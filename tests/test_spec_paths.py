@@ -33,6 +33,16 @@ SPEC = {
         "PhysicsProfiler",
         "ScientificBenchmarkValidator",
     ],
+    # Issue 5: the SPEC's learn-to-optimize modules and the documented front door.
+    "opifex.optimization.meta_optimization": ["LearnToOptimize", "MetaOptimizerConfig"],
+    "opifex.optimization.l2o.l2o_engine": ["L2OEngine", "learned_optimizer", "meta_train"],
+    "opifex.optimization.l2o.parametric_solver": ["ParametricSolver", "DualQPSolver"],
+    "opifex.optimization.l2o.constraint_learning": [
+        "equality_completion",
+        "inequality_correction",
+        "project_equality",
+        "project_to_interior_ray",
+    ],
 }
 
 
