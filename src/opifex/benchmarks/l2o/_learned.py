@@ -28,7 +28,6 @@ FULL = {
     "meta_steps": 300,
     "num_tasks": 8,
     "test_tasks": 64,
-    "tune_tasks": 32,
     "meta_lr_milli": 10,
     "reset_every": 2,
 }
@@ -37,7 +36,6 @@ QUICK = {
     "meta_steps": 2,
     "num_tasks": 2,
     "test_tasks": 4,
-    "tune_tasks": 2,
     "meta_lr_milli": 10,
     "reset_every": 1,
 }
@@ -55,15 +53,28 @@ def _peers(quick):
     return peers
 
 
+def _sampler(family):
+    """A jitted ``keys -> (tasks, initial params)``, batched along the leading axis."""
+    import jax
+
+    def one(key):
+        k_task, k_init = jax.random.split(key)
+        task = family.sample(k_task)
+        return task, family.init(k_init, task)
+
+    return jax.jit(jax.vmap(one))
+
+
 def _curves(family, make_opt, steps):
-    """A jitted ``(keys, hyper) -> losses (tasks, steps + 1)`` for the optimizer ``make_opt``."""
+    """A jitted ``(tasks, params, hyper) -> losses (tasks, steps + 1)`` for ``make_opt(hyper)``.
+
+    Tasks are data (sampled once by :func:`_sampler`), so every optimizer's program holds
+    only its own loop.
+    """
     import jax
     import optax
 
-    def one(key, hyper):
-        k_task, k_init = jax.random.split(key)
-        task = family.sample(k_task)
-        params = family.init(k_init, task)
+    def one(task, params, hyper):
         opt = optax.with_extra_args_support(make_opt(hyper))
 
         def body(carry, _):
@@ -75,7 +86,7 @@ def _curves(family, make_opt, steps):
         (params, _), values = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
         return jax.numpy.append(values, family.loss(params, task))
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
 
 
 def _first_reach(curves, levels):
@@ -109,13 +120,16 @@ def run(ctx: Context) -> list[Record]:
     family = l2o.FAMILIES[family_name]()
     horizon, steps = cfg["horizon"], 4 * cfg["horizon"]
 
-    tune_keys = jax.vmap(jax.random.PRNGKey)(np.arange(cfg["tune_tasks"]) + 10_000 * (seed + 1))
+    # As many tuning tasks as test tasks: one compiled Adam run serves both.
+    tune_keys = jax.vmap(jax.random.PRNGKey)(np.arange(cfg["test_tasks"]) + 10_000 * (seed + 1))
     test_keys = jax.vmap(jax.random.PRNGKey)(np.arange(cfg["test_tasks"]) + 1_000_000 + seed)
+    sample = _sampler(family)
+    tune, test = sample(tune_keys), sample(test_keys)
     adam_run = _curves(family, optax.adam, steps)
     grid = ADAM_GRID[-3:] if ctx.quick else ADAM_GRID
     scores = []
     for lr in grid:
-        c = np.asarray(adam_run(tune_keys, lr))
+        c = np.asarray(adam_run(*tune, lr))
         scores.append(float(np.median(np.log(c[:, horizon] / c[:, 0]))))
     scores = [s if np.isfinite(s) else np.inf for s in scores]
     best_lr = grid[int(np.argmin(scores))]
@@ -142,11 +156,11 @@ def run(ctx: Context) -> list[Record]:
     meta_seconds = time.perf_counter() - t0
     l2o.save_meta_params(ctx.out_dir / "learned_theta.npz", theta)
 
-    learned_run = _curves(family, lambda _: l2o.learned_optimizer(theta), steps)
-    curves = {"learned": np.asarray(learned_run(test_keys, 0.0))}
-    curves[f"adam (lr {best_lr:.3g})"] = np.asarray(adam_run(test_keys, best_lr))
+    learned_run = _curves(family, l2o.learned_optimizer, steps)
+    curves = {"learned": np.asarray(learned_run(*test, theta))}
+    curves[f"adam (lr {best_lr:.3g})"] = np.asarray(adam_run(*test, best_lr))
     for name, opt in _peers(ctx.quick).items():
-        curves[name] = np.asarray(_curves(family, lambda _, o=opt: o, steps)(test_keys, 0.0))
+        curves[name] = np.asarray(_curves(family, lambda _, o=opt: o, steps)(*test, 0.0))
     learned = curves["learned"]
     adam = curves[f"adam (lr {best_lr:.3g})"]
 
@@ -160,8 +174,8 @@ def run(ctx: Context) -> list[Record]:
     # Time per step and task: the compiled 4T-step runs over the held-out batch (vmapped),
     # so no extra compilation; medians of 3 repeats.
     n = cfg["test_tasks"]
-    t_learned = time_host(learned_run, test_keys, 0.0, repeats=3).run_s / (steps * n)
-    t_adam = time_host(adam_run, test_keys, best_lr, repeats=3).run_s / (steps * n)
+    t_learned = time_host(learned_run, *test, theta, repeats=3).run_s / (steps * n)
+    t_adam = time_host(adam_run, *test, best_lr, repeats=3).run_s / (steps * n)
     wall = (
         _first_reach(adam, adam[:, horizon])
         * t_adam

@@ -4,10 +4,16 @@ A batch of ``num_tasks`` tasks is carried between meta-steps: each meta-step con
 task for ``unroll_length`` inner steps and scores the segment; a task whose inner step count
 has reached ``horizon`` is replaced by a freshly sampled one first. With the default
 ``horizon = unroll_length`` every meta-step sees new tasks from their initial point.
+
+The meta-step is one module-level ``jax.jit`` whose static arguments are only the family and
+the sizes, so every call of :func:`meta_train` with the same family object and settings (for
+example the per-problem adaptation of ``LearnToOptimize``) reuses one compilation: ``theta``,
+the optimizer states, the keys, a fixed task and the rates are all traced arguments.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, NamedTuple
 
@@ -34,10 +40,9 @@ class InnerState(NamedTuple):
     loss0: jax.Array  # [] loss at the task's initial parameters
 
 
-def fresh_inner(theta, family: TaskFamily, key: jax.Array) -> InnerState:
-    """Sample a task and its initial point (for one key; vmap for a batch)."""
-    k_task, k_init = jax.random.split(key)
-    task = family.sample(k_task)
+def fresh_inner(theta, family: TaskFamily, k_task, k_init, task=None) -> InnerState:
+    """A task (sampled with ``k_task`` unless ``task`` is given) and its initial point."""
+    task = family.sample(k_task) if task is None else task
     params = family.init(k_init, task)
     opt_state = learned_optimizer(theta).init(params)
     return InnerState(task, params, opt_state, family.loss(params, task))
@@ -72,7 +77,7 @@ def batch_meta_loss(theta, family: TaskFamily, inner: InnerState, length: int):
     return jnp.mean(losses), new
 
 
-def es_gradient(loss_fn, theta, key: jax.Array, num_perturbations: int, sigma: float):
+def es_gradient(loss_fn, theta, key: jax.Array, num_perturbations: int, sigma):
     """Antithetic ES estimate of ``grad loss_fn(theta)`` and the mean of the evaluated losses.
 
     ``g = 1 / (2 sigma P) sum_i (L(theta + sigma e_i) - L(theta - sigma e_i)) e_i`` with
@@ -88,6 +93,59 @@ def es_gradient(loss_fn, theta, key: jax.Array, num_perturbations: int, sigma: f
     return grad, jnp.mean(losses), jax.tree.map(lambda a: a[0], aux)
 
 
+def _meta_optimizer(learning_rate, max_grad_norm) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate))
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("family", "method", "unroll_length", "horizon", "num_perturbations"),
+)
+def _meta_step(
+    theta,
+    meta_state,
+    inner,
+    key,
+    task,
+    rates,
+    *,
+    family,
+    method,
+    unroll_length,
+    horizon,
+    num_perturbations,
+):
+    """One meta-step; ``rates = (meta_learning_rate, sigma, max_grad_norm)`` as arrays."""
+    meta_learning_rate, sigma, max_grad_norm = rates
+    num_tasks = inner.loss0.shape[0]
+    # One split for every key of the step: each split or draw is a separate Threefry hash,
+    # and those dominate the compile time of this (otherwise small) program on CPU.
+    keys = jax.random.split(key, 2 + 2 * num_tasks)
+    k_next, k_es = keys[0], keys[1]
+    fresh = jax.vmap(lambda kt, ki: fresh_inner(theta, family, kt, ki, task))(
+        keys[2 : 2 + num_tasks], keys[2 + num_tasks :]
+    )
+    done = inner.opt_state.count >= horizon
+
+    def pick(a, b):
+        return jnp.where(done.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+    inner = jax.tree.map(pick, fresh, inner)
+
+    def loss_fn(th):
+        return batch_meta_loss(th, family, inner, unroll_length)
+
+    if method == "es":
+        grad, loss, inner = es_gradient(loss_fn, theta, k_es, num_perturbations, sigma)
+    else:
+        (loss, inner), grad = jax.value_and_grad(loss_fn, has_aux=True)(theta)
+        grad = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grad)
+    updates, meta_state = _meta_optimizer(meta_learning_rate, max_grad_norm).update(
+        grad, meta_state, theta
+    )
+    return optax.apply_updates(theta, updates), meta_state, inner, k_next, loss
+
+
 def _check(name, value, kind, low, *, strict=False):
     bad = not isinstance(value, kind) or isinstance(value, bool)
     bad = bad or (value <= low if strict else value < low)
@@ -95,6 +153,11 @@ def _check(name, value, kind, low, *, strict=False):
         rel = ">" if strict else ">="
         what = "an int" if kind is int else "a number"
         raise ValueError(f"{name} must be {what} {rel} {low}, got {value!r}.")
+
+
+def _zeros(shapes):
+    # Host zeros: no device computation, hence nothing to compile per leaf shape.
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def meta_train(
@@ -112,6 +175,7 @@ def meta_train(
     num_perturbations: int = 8,
     sigma: float = 0.01,
     max_grad_norm: float = 1.0,
+    task: Any = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Meta-train ``theta`` on ``family`` by truncated unrolls; see ``l2o_engine.meta_train``."""
     num_layers(theta)
@@ -131,54 +195,36 @@ def meta_train(
     key = jnp.asarray(key)
     if key.shape != (2,) and not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         raise TypeError(f"key must be a PRNG key such as jax.random.PRNGKey(0), got {key!r}.")
-    probe = jax.eval_shape(lambda k: fresh_inner(theta, family, k), jax.random.PRNGKey(0))
-    if probe.loss0.shape != ():
-        raise ValueError(f"family.loss must return a scalar, got shape {probe.loss0.shape}.")
-
     # Weak-typed leaves would change type after the first update and force a second compile.
     theta = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.asarray(a).dtype), theta)
-    meta_opt = optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(meta_learning_rate))
-
-    def reset(theta, inner, key):
-        fresh = jax.vmap(lambda k: fresh_inner(theta, family, k))(jax.random.split(key, num_tasks))
-        done = inner.opt_state.count >= horizon
-
-        def pick(a, b):
-            return jnp.where(done.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-
-        return jax.tree.map(pick, fresh, inner)
-
-    @jax.jit
-    def meta_step(theta, meta_state, inner, key):
-        k_reset, k_es = jax.random.split(key)
-        inner = reset(theta, inner, k_reset)
-
-        def loss_fn(th):
-            return batch_meta_loss(th, family, inner, unroll_length)
-
-        if method == "es":
-            grad, loss, inner = es_gradient(loss_fn, theta, k_es, num_perturbations, sigma)
-        else:
-            (loss, inner), grad = jax.value_and_grad(loss_fn, has_aux=True)(theta)
-            grad = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grad)
-        updates, meta_state = meta_opt.update(grad, meta_state, theta)
-        return optax.apply_updates(theta, updates), meta_state, inner, loss
+    keys = jax.ShapeDtypeStruct((num_tasks, 2), jnp.uint32)
+    shapes = jax.eval_shape(jax.vmap(lambda k: fresh_inner(theta, family, k, k, task)), keys)
+    if shapes.loss0.shape != (num_tasks,):
+        raise ValueError(f"family.loss must return a scalar, got shape {shapes.loss0.shape[1:]}.")
 
     # Placeholder tasks, all marked finished, so the first meta-step samples its own batch
-    # inside the compiled step (eager sampling here would compile every op separately).
-    shapes = jax.eval_shape(
-        jax.vmap(lambda k: fresh_inner(theta, family, k)), jax.random.split(key, num_tasks)
-    )
-    inner = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    # inside the compiled step.
+    inner = _zeros(shapes)
     inner = inner._replace(
-        opt_state=inner.opt_state._replace(count=jnp.full(num_tasks, horizon, jnp.int32))
+        opt_state=inner.opt_state._replace(count=np.full(num_tasks, horizon, np.int32))
     )
-    meta_state = meta_opt.init(theta)
+    meta_state = _zeros(jax.eval_shape(_meta_optimizer(1.0, 1.0).init, theta))
+    dtype = jnp.result_type(*jax.tree.leaves(theta))
+    rates = tuple(np.asarray(r, dtype) for r in (meta_learning_rate, sigma, max_grad_norm))
+    static = {
+        "family": family,
+        "method": method,
+        "unroll_length": unroll_length,
+        "horizon": horizon,
+        "num_perturbations": num_perturbations,
+    }
     losses, times = [], []
     bar = progress.add_task("meta-train", total=meta_steps) if progress is not None else None
     t0 = time.perf_counter()
-    for k in jax.random.split(key, meta_steps):
-        theta, meta_state, inner, loss = meta_step(theta, meta_state, inner, k)
+    for _ in range(meta_steps):
+        theta, meta_state, inner, key, loss = _meta_step(
+            theta, meta_state, inner, key, task, rates, **static
+        )
         losses.append(float(loss))
         times.append(time.perf_counter() - t0)
         if bar is not None:

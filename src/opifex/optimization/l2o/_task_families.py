@@ -2,11 +2,14 @@
 
 A task is a pytree of arrays (the data of one problem); ``loss(params, task)`` is a pure
 function of both, so a batch of tasks is ``jax.vmap(family.sample)(keys)`` and one compiled
-unroll serves every task of the family.
+unroll serves every task of the family. The factories are cached by their arguments: equal
+calls return the same family object, so compilations keyed on the family (``meta_train``'s
+meta-step) are shared between them.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -61,6 +64,7 @@ def _positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
 
 
+@functools.cache
 def quadratic_family(dim: int = 20, *, max_condition: float = 1000.0) -> TaskFamily:
     """Random ill-conditioned quadratics ``0.5 (x - x*)' A (x - x*)``.
 
@@ -81,7 +85,7 @@ def quadratic_family(dim: int = 20, *, max_condition: float = 1000.0) -> TaskFam
 
     Example:
         >>> import jax
-        >>> fam = quadratic_family(3)
+        >>> fam = quadratic_family(5, max_condition=50.0)
         >>> task = fam.sample(jax.random.PRNGKey(0))
         >>> round(float(fam.loss(task["x_star"], task)), 6)
         0.0
@@ -107,6 +111,7 @@ def quadratic_family(dim: int = 20, *, max_condition: float = 1000.0) -> TaskFam
     return TaskFamily(sample, init, loss, f"quadratic{dim}")
 
 
+@functools.cache
 def logistic_family(num_features: int = 10, num_samples: int = 64) -> TaskFamily:
     """Logistic regressions on random data with labels drawn from a random true model.
 
@@ -164,6 +169,7 @@ def _mlp_apply(params, x):
     return (h @ params["w2"] + params["b2"])[..., 0]
 
 
+@functools.cache
 def mlp_regression_family(
     in_dim: int = 4, hidden: int = 16, num_samples: int = 64, *, noise: float = 0.1
 ) -> TaskFamily:

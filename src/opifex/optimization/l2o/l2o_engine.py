@@ -26,6 +26,7 @@ import optax
 from opifex.optimization.l2o import _meta_training
 from opifex.optimization.l2o._learned_optimizer import (
     LearnedOptimizerState,
+    check_network_args,
     init_meta_params,
     learned_optimizer,
     num_layers,
@@ -69,6 +70,7 @@ def meta_train(
     num_perturbations: int = 8,
     sigma: float = 0.01,
     max_grad_norm: float = 1.0,
+    task: Any = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Meta-train the learned optimizer's ``theta`` on ``family`` by truncated unrolls.
 
@@ -86,7 +88,8 @@ def meta_train(
 
     then clipped to global norm ``max_grad_norm`` and applied by Adam with step
     ``meta_learning_rate``. The segment's end state continues to the next meta-step (for
-    ES, the first positive perturbation's end state).
+    ES, the first positive perturbation's end state). The meta-step is compiled once per
+    family object, method and sizes, and reused by later calls with the same settings.
 
     Args:
         theta: Initial meta-parameters (:func:`init_meta_params`).
@@ -103,6 +106,10 @@ def meta_train(
         num_perturbations: ES antithetic pairs per meta-step (>= 1).
         sigma: ES perturbation scale (> 0).
         max_grad_norm: Clip of the meta-gradient's global norm (> 0).
+        task: Optional fixed task (a pytree of arrays as ``family.sample`` returns): every
+            task of the batch is this one instead of a sample (``family.init`` still gives
+            its start). It is data to the compiled step, so problems of one shape share a
+            compilation.
 
     Returns:
         ``(theta, history)``: trained meta-parameters and a dict with ``meta_loss`` (per
@@ -116,11 +123,10 @@ def meta_train(
 
     Example:
         >>> import jax
-        >>> family = quadratic_family(4)
-        >>> theta = init_meta_params(jax.random.PRNGKey(0), hidden_sizes=(8,))
-        >>> theta, history = meta_train(theta, family, meta_learning_rate=1e-2, meta_steps=3,
-        ...     unroll_length=5, num_tasks=2, method="es", num_perturbations=2,
-        ...     key=jax.random.PRNGKey(1))
+        >>> family = quadratic_family(6)
+        >>> theta = init_meta_params(jax.random.PRNGKey(0), hidden_sizes=(8,), learning_rate=0.1)
+        >>> theta, history = meta_train(theta, family, meta_learning_rate=0.03, meta_steps=3,
+        ...     unroll_length=20, num_tasks=4, method="grad", key=jax.random.PRNGKey(1))
         >>> history["meta_loss"].shape
         (3,)
 
@@ -143,6 +149,7 @@ def meta_train(
         num_perturbations=num_perturbations,
         sigma=sigma,
         max_grad_norm=max_grad_norm,
+        task=task,
     )
 
 
@@ -206,8 +213,8 @@ class L2OEngine:
         >>> theta = engine.init(jax.random.PRNGKey(0))
         >>> opt = optax.chain(optax.clip_by_global_norm(10.0), engine.as_transform())
         >>> state = opt.init(jnp.ones(3))
-        >>> updates, state = opt.update(jnp.ones(3), state, jnp.ones(3))
-        >>> [round(float(u), 2) for u in updates]  # untrained: about Adam, lr 1e-2
+        >>> updates, state = jax.jit(opt.update)(jnp.ones(3), state, jnp.ones(3))
+        >>> [round(float(u), 2) for u in updates]  # untrained: about AMSGrad, lr 1e-2
         [-0.01, -0.01, -0.01]
     """
 
@@ -228,10 +235,7 @@ class L2OEngine:
         self.base = base
         self.theta: dict[str, Any] | None = None
         self.history: dict[str, np.ndarray] | None = None
-        # Validate the network arguments now rather than at the first init.
-        init_meta_params(
-            jax.random.PRNGKey(0), hidden_sizes=self.hidden_sizes, learning_rate=learning_rate
-        )
+        check_network_args(self.hidden_sizes, learning_rate)
 
     def init(self, key: jax.Array) -> dict[str, Any]:
         """Fresh meta-parameters (:func:`init_meta_params`), stored and returned."""

@@ -64,15 +64,34 @@ class Raveled:
         return self.fn(self.unravel(x), args)
 
 
-def single_objective_family(fn: Callable, start: Any, args: Any) -> TaskFamily:
-    """A family with one member: ``fn(., args)`` started from ``start`` (for adaptation)."""
-    task = {"start": start, "args": args}
-    return TaskFamily(
-        sample=lambda key: task,
-        init=lambda key, task: task["start"],
-        loss=lambda params, task: fn(params, task["args"]),
-        name="adaptation",
-    )
+def _no_sample(key):
+    raise ValueError("the adaptation family has one task; pass it to meta_train as task=...")
+
+
+def _task_start(key, task):
+    del key
+    return task["start"]
+
+
+@dataclass(frozen=True)
+class _TaskLoss:
+    """``fn(params, task["args"])``; hashable by ``fn``, so the family is equal across calls."""
+
+    fn: Callable[[Any, Any], jax.Array]
+
+    def __call__(self, params, task):
+        return self.fn(params, task["args"])
+
+
+def single_objective_family(fn: Callable, start: Any, args: Any) -> tuple[TaskFamily, dict]:
+    """A one-member family for ``fn(., args)`` from ``start`` (for adaptation), and its task.
+
+    The task (``start`` and ``args``) is returned apart, to be passed to ``meta_train`` as
+    data: families built from the same ``fn`` compare equal, so repeated adaptations of
+    problems of one shape reuse one compiled meta-step.
+    """
+    family = TaskFamily(_no_sample, _task_start, _TaskLoss(fn), name="adaptation")
+    return family, {"start": start, "args": args}
 
 
 class RunOutput(NamedTuple):

@@ -39,7 +39,8 @@ class MetaOptimizerConfig:
         warm_start_strategy: ``"none"``, ``"previous_params"``, ``"nearest_neighbor"`` or
             ``"learned"`` (see :mod:`~opifex.optimization.meta_optimization.warm_start`).
         learning_rate: Step size of the learned optimizer before any meta-training (the
-            initial ``log_lr`` of its meta-parameters; untrained, it is Adam with this step).
+            initial ``log_lr`` of its meta-parameters; untrained, it is AMSGrad with this step,
+            whose effective step shrinks with the gradient, hence the default 0.1).
         base_learning_rate: Learning rate of the base optimizer (Adam) that takes a step
             whenever the learned update is not finite.
         unroll_length: Optimizer steps per truncated unroll in meta-training and adaptation.
@@ -52,7 +53,7 @@ class MetaOptimizerConfig:
     meta_learning_rate: float = 1e-3
     adaptation_steps: int = 0
     warm_start_strategy: str = "none"
-    learning_rate: float = 1e-2
+    learning_rate: float = 1e-1
     base_learning_rate: float = 1e-3
     unroll_length: int = 20
     meta_method: str = "es"

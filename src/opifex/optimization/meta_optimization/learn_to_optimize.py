@@ -8,7 +8,6 @@ cores; it adds no numerics of its own.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -58,10 +57,6 @@ class OptimizeResult(NamedTuple):
     adaptation_loss: np.ndarray
 
 
-# One compilation per network shape instead of one per eager random draw.
-_init_theta = jax.jit(init_meta_params, static_argnames=("hidden_sizes",))
-
-
 def _signature(params, features) -> tuple:
     leaves, treedef = jax.tree.flatten(params)
     shapes = tuple((np.shape(x), np.asarray(x).dtype.str) for x in leaves)
@@ -79,7 +74,7 @@ class LearnToOptimize:
     ``theta`` in one jitted ``lax.scan``. The update rule is that of
     :func:`~opifex.optimization.l2o.l2o_engine.learned_optimizer`; a step whose learned update
     is not finite takes Adam's (``config.base_learning_rate``) instead and is counted.
-    Untrained, ``theta`` is Adam with step ``config.learning_rate``; :meth:`meta_train` on a
+    Untrained, ``theta`` is AMSGrad with step ``config.learning_rate``; :meth:`meta_train` on a
     task family improves it.
 
     Args:
@@ -120,10 +115,11 @@ class LearnToOptimize:
             raise TypeError(f"config must be a MetaOptimizerConfig, got {type(config).__name__}.")
         self.config = config
         self.rngs = nnx.Rngs(0) if rngs is None else rngs
-        self.theta = _init_theta(self.rngs.params(), hidden_sizes=config.hidden_sizes)
-        # init_meta_params sets log_lr = log(learning_rate); setting it here keeps one
-        # compilation of the initializer per network shape.
-        self.theta["log_lr"] = jnp.asarray(math.log(config.learning_rate))
+        self.theta = init_meta_params(
+            self.rngs.params(),
+            hidden_sizes=config.hidden_sizes,
+            learning_rate=config.learning_rate,
+        )
         self.history: dict[str, np.ndarray] | None = None
         self.last_result: OptimizeResult | None = None
         self._starter = None
@@ -237,9 +233,11 @@ class LearnToOptimize:
         flat_fn, flat_start = Raveled.of(fn, start)
         theta, adaptation_loss = self.theta, np.zeros(0)
         if cfg.adaptation_steps:
+            family, task = single_objective_family(flat_fn, flat_start, args)
             theta, history = meta_train(
                 self.theta,
-                single_objective_family(flat_fn, flat_start, args),
+                family,
+                task=task,
                 meta_learning_rate=cfg.meta_learning_rate,
                 meta_steps=cfg.adaptation_steps,
                 unroll_length=cfg.unroll_length,
