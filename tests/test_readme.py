@@ -29,6 +29,7 @@ def test_readme_quick_start_runs():
     assert namespace["result"].validation.ok
     np.testing.assert_allclose(namespace["mpc_sol"].control, [-1.0])
     np.testing.assert_array_equal(namespace["du0_dx0"], 0.0)
+    np.testing.assert_allclose(namespace["optimized_params"]["w"], [1.0, -2.0, 0.5], atol=1e-5)
 
 
 def test_readme_has_exactly_the_two_setup_commands():

@@ -204,3 +204,21 @@ def records_table(title: str, records: Sequence[Record]) -> Table:
             _fmt(r.ratio),
         )
     return table
+
+
+def run_parts(ctx: Context, parts: dict[str, str]) -> list[Record]:
+    """Run the parts named by ``--option parts=a,b`` (all by default), in float64.
+
+    ``parts`` maps a part name to the module whose ``run(ctx)`` returns its records.
+    """
+    import importlib
+
+    jax.config.update("jax_enable_x64", True)
+    names = [p for p in ctx.option("parts", ",".join(parts)).split(",") if p]
+    unknown = sorted(set(names) - set(parts))
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; choose from {sorted(parts)}.")
+    records: list[Record] = []
+    for name in names:
+        records.extend(importlib.import_module(parts[name]).run(ctx))
+    return records

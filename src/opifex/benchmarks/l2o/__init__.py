@@ -18,9 +18,7 @@ Parts (``--option parts=qp,learned,warm``, all by default):
 
 from __future__ import annotations
 
-import importlib
-
-from opifex.benchmarks._harness import Context, Record
+from opifex.benchmarks._harness import Context, Record, run_parts
 
 PARTS = {
     "qp": "opifex.benchmarks.l2o._qp",
@@ -31,14 +29,4 @@ PARTS = {
 
 def run(ctx: Context) -> list[Record]:
     """Run the selected parts and return their records."""
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    names = [p for p in ctx.option("parts", ",".join(PARTS)).split(",") if p]
-    unknown = sorted(set(names) - set(PARTS))
-    if unknown:
-        raise ValueError(f"unknown parts {unknown}; choose from {sorted(PARTS)}.")
-    records: list[Record] = []
-    for name in names:
-        records.extend(importlib.import_module(PARTS[name]).run(ctx))
-    return records
+    return run_parts(ctx, PARTS)

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from opifex.optimization.l2o import _meta_training
 from opifex.optimization.l2o._learned_optimizer import (
     LearnedOptimizerState,
     check_network_args,
@@ -31,6 +30,7 @@ from opifex.optimization.l2o._learned_optimizer import (
     learned_optimizer,
     num_layers,
 )
+from opifex.optimization.l2o._meta_training import meta_train
 from opifex.optimization.l2o._task_families import (
     FAMILIES,
     TaskFamily,
@@ -53,104 +53,6 @@ __all__ = [
     "quadratic_family",
     "save_meta_params",
 ]
-
-
-def meta_train(
-    theta: dict[str, Any],
-    family: TaskFamily,
-    *,
-    meta_learning_rate: float,
-    meta_steps: int,
-    unroll_length: int,
-    num_tasks: int,
-    method: str = "es",
-    key: jax.Array,
-    progress: Any = None,
-    horizon: int | None = None,
-    num_perturbations: int = 8,
-    sigma: float = 0.01,
-    max_grad_norm: float = 1.0,
-    task: Any = None,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Meta-train the learned optimizer's ``theta`` on ``family`` by truncated unrolls.
-
-    Each meta-step (one jitted call) continues a batch of ``num_tasks`` tasks by
-    ``unroll_length`` learned-optimizer steps, tasks that reached ``horizon`` inner steps
-    being replaced by fresh samples first. The meta-loss of a segment is the mean over its
-    steps of ``log(f_t / f_0 + 1e-12)`` (``f_0``: the task's initial loss; non-finite or
-    ``> 5`` values count as 5), averaged over tasks. Its gradient is estimated by
-
-    - ``"es"``: antithetic evolution strategies with ``num_perturbations`` pairs of Gaussian
-      perturbations of scale ``sigma``, every perturbation scored on the same tasks
-      (Salimans et al. 2017; robust where unrolled gradients explode), or
-    - ``"grad"``: reverse-mode differentiation through the ``lax.scan`` unroll (non-finite
-      entries zeroed),
-
-    then clipped to global norm ``max_grad_norm`` and applied by Adam with step
-    ``meta_learning_rate``. The segment's end state continues to the next meta-step (for
-    ES, the first positive perturbation's end state). The meta-step is compiled once per
-    family object, method and sizes, and reused by later calls with the same settings.
-
-    Args:
-        theta: Initial meta-parameters (:func:`init_meta_params`).
-        family: The task family to train on.
-        meta_learning_rate: Adam step on ``theta`` (> 0).
-        meta_steps: Number of meta-steps (>= 1).
-        unroll_length: Inner steps per meta-step (>= 1).
-        num_tasks: Tasks per meta-step (>= 1).
-        method: ``"es"`` or ``"grad"``.
-        key: PRNG key (task sampling and perturbations).
-        progress: Optional ``rich.progress.Progress``; a task advancing per meta-step is added.
-        horizon: Inner steps after which a task is resampled (>= ``unroll_length``; default
-            ``unroll_length``, i.e. untruncated unrolls from fresh tasks).
-        num_perturbations: ES antithetic pairs per meta-step (>= 1).
-        sigma: ES perturbation scale (> 0).
-        max_grad_norm: Clip of the meta-gradient's global norm (> 0).
-        task: Optional fixed task (a pytree of arrays as ``family.sample`` returns): every
-            task of the batch is this one instead of a sample (``family.init`` still gives
-            its start). It is data to the compiled step, so problems of one shape share a
-            compilation.
-
-    Returns:
-        ``(theta, history)``: trained meta-parameters and a dict with ``meta_loss`` (per
-        meta-step; for ES the mean over perturbations) and ``time_s`` (cumulative wall clock,
-        including compilation in the first step).
-
-    Raises:
-        ValueError: If a size or rate is out of range, ``method`` is unknown, ``theta`` is
-            malformed or ``family.loss`` does not return a scalar.
-        TypeError: If ``family`` is not a :class:`TaskFamily` or ``key`` is not a PRNG key.
-
-    Example:
-        >>> import jax
-        >>> family = quadratic_family(6)
-        >>> theta = init_meta_params(jax.random.PRNGKey(0), hidden_sizes=(8,), learning_rate=0.1)
-        >>> theta, history = meta_train(theta, family, meta_learning_rate=0.03, meta_steps=3,
-        ...     unroll_length=20, num_tasks=4, method="grad", key=jax.random.PRNGKey(1))
-        >>> history["meta_loss"].shape
-        (3,)
-
-    References:
-        Salimans, Ho, Chen, Sidor, Sutskever, "Evolution strategies as a scalable alternative
-        to reinforcement learning", arXiv:1703.03864 (2017). Metz et al., "Understanding and
-        correcting pathologies in the training of learned optimizers", ICML 2019.
-    """
-    return _meta_training.meta_train(
-        theta,
-        family,
-        meta_learning_rate=meta_learning_rate,
-        meta_steps=meta_steps,
-        unroll_length=unroll_length,
-        num_tasks=num_tasks,
-        method=method,
-        key=key,
-        progress=progress,
-        horizon=horizon,
-        num_perturbations=num_perturbations,
-        sigma=sigma,
-        max_grad_norm=max_grad_norm,
-        task=task,
-    )
 
 
 def save_meta_params(path: str | os.PathLike, theta: dict[str, Any]) -> None:

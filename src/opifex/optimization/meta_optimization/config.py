@@ -6,19 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from opifex.optimization.meta_optimization.warm_start import check_strategy
+from opifex.optimization.second_order.config import _check, _int_at_least
 
 WARM_START_STRATEGIES = ("none", "previous_params", "nearest_neighbor", "learned")
 META_METHODS = ("es", "grad")
-
-
-def _check(cond: bool, name: str, value, rule: str) -> None:
-    if not cond:
-        raise ValueError(f"{name} must be {rule}, got {value!r}.")
-
-
-def _int_at_least(name: str, value, lo: int) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo
-    _check(ok, name, value, f"an int >= {lo}")
 
 
 def _positive(name: str, value) -> None:
