@@ -92,6 +92,29 @@ def test_meta_fields_reach_meta_training_and_adaptation(monkeypatch):
     assert calls == []  # no adaptation
 
 
+def test_meta_fields_change_the_adapted_optimizer_numerically():
+    # The spy above shows where the fields go; this shows what they do, with the real
+    # meta_train: no adaptation, then one meta-step, a 10x larger meta step, another unroll
+    # length and the other gradient estimator all give different iterates.
+    base = MetaOptimizerConfig(adaptation_steps=1, unroll_length=4, meta_method="grad")
+
+    def run(cfg):
+        l2o = LearnToOptimize(config=cfg, rngs=nnx.Rngs(0))
+        return np.asarray(l2o.optimize(jnp.zeros(2), shifted, num_steps=5, args=jnp.ones(2)))
+
+    x_none = run(base.replace(adaptation_steps=0))
+    x_one = run(base)
+    x_big = run(base.replace(meta_learning_rate=10 * base.meta_learning_rate))
+    x_unroll = run(base.replace(unroll_length=3))
+    x_es = run(base.replace(meta_method="es"))
+    moved = np.abs(x_one - x_none).max()
+    assert moved > 1e-9
+    # Adam's first meta-step moves every meta-parameter by about its step size.
+    assert np.abs(x_big - x_none).max() > 3 * moved
+    for other in (x_unroll, x_es):
+        assert np.abs(other - x_one).max() > 1e-9
+
+
 def test_learning_rate_sets_the_untrained_step_and_hidden_sizes_the_network():
     # Untrained, the learned optimizer is AMSGrad (beta1 0.9) with step learning_rate, up to
     # the network's small initial output (init_meta_params' output_scale 1e-2).
