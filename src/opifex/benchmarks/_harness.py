@@ -206,14 +206,16 @@ def records_table(title: str, records: Sequence[Record]) -> Table:
     return table
 
 
-def run_parts(ctx: Context, parts: dict[str, str]) -> list[Record]:
-    """Run the parts named by ``--option parts=a,b`` (all by default), in float64.
+def run_parts(ctx: Context, parts: dict[str, str], *, x64: bool = True) -> list[Record]:
+    """Run the parts named by ``--option parts=a,b`` (all by default).
 
-    ``parts`` maps a part name to the module whose ``run(ctx)`` returns its records.
+    ``parts`` maps a part name to the module whose ``run(ctx)`` returns its records; ``x64``
+    switches float64 on first (accuracy suites), off leaves JAX's default float32.
     """
     import importlib
 
-    jax.config.update("jax_enable_x64", True)
+    if x64:
+        jax.config.update("jax_enable_x64", True)
     names = [p for p in ctx.option("parts", ",".join(parts)).split(",") if p]
     unknown = sorted(set(names) - set(parts))
     if unknown:

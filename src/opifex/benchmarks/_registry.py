@@ -15,6 +15,8 @@ SUITES: dict[str, str] = {
     "pinn": "opifex.benchmarks.pinn:run",
     "control": "opifex.benchmarks.control:run",
     "l2o": "opifex.benchmarks.l2o:run",
+    "production": "opifex.benchmarks.production:run",
+    "monitoring": "opifex.benchmarks.monitoring:run",
 }
 
 
