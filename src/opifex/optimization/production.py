@@ -21,19 +21,29 @@ import jax
 
 from opifex.optimization._production._adaptive_jit import AdaptiveJit, bucket_sizes, decide
 from opifex.optimization._production._compile_events import CompileStats, compile_events
-from opifex.optimization._production._memory import IntelligentGPUMemoryManager
+from opifex.optimization._production._memory import (
+    NO_REMAT,
+    IntelligentGPUMemoryManager,
+    MemoryPlan,
+    RematCandidate,
+    scan_layers,
+)
 
 __all__ = [
+    "NO_REMAT",
     "AdaptiveJit",
     "CompileStats",
     "HybridPerformancePlatform",
     "IntelligentGPUMemoryManager",
+    "MemoryPlan",
     "OptimizedModel",
     "PerformanceMetrics",
+    "RematCandidate",
     "bucket_sizes",
     "compile_events",
     "decide",
     "enable_persistent_cache",
+    "scan_layers",
 ]
 
 
@@ -86,6 +96,15 @@ class PerformanceMetrics:
         output_bytes: its output memory.
         code_bytes: its generated code size.
         compiled_buckets: the padded batch sizes with a compiled program.
+        memory_policy: the rematerialization candidate of a training step
+            (:meth:`HybridPerformancePlatform.optimize_training_step`; ``None`` otherwise).
+        remat_temp_bytes: temporary memory of the gradient program under ``memory_policy``.
+        baseline_temp_bytes: temporary memory of the gradient program without
+            rematerialization (``None`` when the memory manager is off: nothing compared).
+        remat_flops_ratio: FLOPs of the gradient program under ``memory_policy`` over the
+            baseline's.
+        micro_batches: micro-batches the gradient is accumulated over (training steps).
+        donated: whether the compiled step donates the parameter and optimizer-state buffers.
     """
 
     calls: int
@@ -106,6 +125,12 @@ class PerformanceMetrics:
     output_bytes: int | None
     code_bytes: int | None
     compiled_buckets: tuple[int, ...]
+    memory_policy: str | None = None
+    remat_temp_bytes: int | None = None
+    baseline_temp_bytes: int | None = None
+    remat_flops_ratio: float | None = None
+    micro_batches: int | None = None
+    donated: bool = False
 
 
 def _median(xs: list[float]) -> float | None:
@@ -113,15 +138,29 @@ def _median(xs: list[float]) -> float | None:
 
 
 class OptimizedModel:
-    """A callable wrapper returned by :meth:`HybridPerformancePlatform.optimize`.
+    """A callable returned by :class:`HybridPerformancePlatform`'s ``optimize*`` methods.
 
     Call it like the original target; :attr:`metrics` reads the measurements so far.
+    :attr:`memory_plan` holds the memory manager's plan of a training step (``None``
+    otherwise).
     """
 
-    def __init__(self, jit: AdaptiveJit, bound_state: Any = None, is_module: bool = False):
+    def __init__(
+        self,
+        jit: AdaptiveJit,
+        bound_state: Any = None,
+        is_module: bool = False,
+        *,
+        memory_plan: MemoryPlan | None = None,
+        memory_policy: str | None = None,
+        donated: bool = False,
+    ):
         self.adaptive_jit = jit
         self._state = bound_state
         self._is_module = is_module
+        self.memory_plan = memory_plan
+        self._memory_policy = memory_policy
+        self._donated = donated
 
     def __call__(self, *args: Any) -> Any:
         if self._is_module:
@@ -146,6 +185,8 @@ class OptimizedModel:
             return None if mem is None else int(getattr(mem, name))
 
         eager_s = d.eager_s if d is not None else _median(t["eager"][1:] or t["eager"])
+        plan = self.memory_plan
+        remat = None if plan is None else plan.remat
         return PerformanceMetrics(
             calls=j.calls,
             eager_calls=j.eager_calls,
@@ -165,7 +206,19 @@ class OptimizedModel:
             output_bytes=field("output_size_in_bytes"),
             code_bytes=field("generated_code_size_in_bytes"),
             compiled_buckets=j.compiled_buckets,
+            memory_policy=self._memory_policy,
+            remat_temp_bytes=None if remat is None else remat.rows[remat.chosen].cost.temp_bytes,
+            baseline_temp_bytes=(
+                None if remat is None else remat.rows[remat.baseline].cost.temp_bytes
+            ),
+            remat_flops_ratio=None if remat is None else remat.flops_ratio(),
+            micro_batches=None if self._memory_policy is None else _micro(plan),
+            donated=self._donated,
         )
+
+
+def _micro(plan: MemoryPlan | None) -> int:
+    return 1 if plan is None else plan.num_micro_batches
 
 
 class HybridPerformancePlatform:
@@ -173,8 +226,9 @@ class HybridPerformancePlatform:
 
     Args:
         gpu_memory_optimization: build an :class:`IntelligentGPUMemoryManager`
-            (:attr:`memory_manager`) to plan rematerialization, micro-batching and donation for
-            training steps (:meth:`plan_memory`); ``False`` leaves it out.
+            (:attr:`memory_manager`); :meth:`optimize_training_step` then applies its plan
+            (rematerialization policy, micro-batching, buffer donation). ``False`` leaves it
+            out and training steps run as written, without donation.
         adaptive_jit: measure eager against compiled calls and compile only when it pays
             (``mode="auto"``); ``False`` compiles every call's bucket (``mode="always"``).
         compilation_cache_dir: turn on JAX's persistent compilation cache there (process-wide,
@@ -185,6 +239,8 @@ class HybridPerformancePlatform:
         probe_calls: eager and compiled calls timed before deciding.
         expected_calls: calls over which a compilation must pay for itself.
         memory_budget_bytes: temporary-memory budget for micro-batching (memory manager).
+        memory_manager: a configured :class:`IntelligentGPUMemoryManager` to use instead of
+            the default one (candidates, FLOPs bound); needs ``gpu_memory_optimization=True``.
 
     Raises:
         ValueError: for bad settings (checked here, before anything compiles).
@@ -199,6 +255,20 @@ class HybridPerformancePlatform:
         >>> m = model.metrics
         >>> m.decision in ("jit", "eager"), m.eager_run_s > 0, m.compiled_run_s > 0
         (True, True, True)
+
+        A training step under the memory manager's plan (see :meth:`optimize_training_step`):
+
+        >>> import optax
+        >>> def make_loss(remat):
+        ...     def loss(ws, x):
+        ...         return jnp.mean(scan_layers(lambda h, w: jnp.tanh(h @ w), ws, x, remat) ** 2)
+        ...     return loss
+        >>> ws, x, opt = jnp.ones((4, 8, 8)) / 8, jnp.ones((32, 8)), optax.sgd(0.1)
+        >>> step = platform.optimize_training_step(make_loss, ws, x, opt)
+        >>> ws, state, loss = step(ws, opt.init(ws), x)
+        >>> m = step.metrics
+        >>> m.remat_temp_bytes <= m.baseline_temp_bytes, m.donated
+        (True, True)
     """
 
     def __init__(
@@ -213,6 +283,7 @@ class HybridPerformancePlatform:
         probe_calls: int = 3,
         expected_calls: int = 1000,
         memory_budget_bytes: int | None = None,
+        memory_manager: IntelligentGPUMemoryManager | None = None,
     ) -> None:
         for name, flag in (
             ("gpu_memory_optimization", gpu_memory_optimization),
@@ -231,11 +302,20 @@ class HybridPerformancePlatform:
         self.bucket_growth = bucket_growth
         self.probe_calls = probe_calls
         self.expected_calls = expected_calls
-        self.memory_manager = (
-            IntelligentGPUMemoryManager(memory_budget_bytes=memory_budget_bytes)
-            if gpu_memory_optimization
-            else None
-        )
+        if memory_manager is not None:
+            if not isinstance(memory_manager, IntelligentGPUMemoryManager):
+                raise TypeError(
+                    "memory_manager must be an IntelligentGPUMemoryManager, got "
+                    f"{type(memory_manager).__name__}."
+                )
+            if not gpu_memory_optimization:
+                raise ValueError(
+                    "memory_manager was given with gpu_memory_optimization=False; set it to "
+                    "True to use the manager, or drop the manager."
+                )
+        elif gpu_memory_optimization:
+            memory_manager = IntelligentGPUMemoryManager(memory_budget_bytes=memory_budget_bytes)
+        self.memory_manager = memory_manager
         if compilation_cache_dir is not None:
             enable_persistent_cache(compilation_cache_dir)
         self.compilation_cache_dir = compilation_cache_dir
@@ -308,3 +388,68 @@ class HybridPerformancePlatform:
                 "plan_memory needs gpu_memory_optimization=True when building the platform."
             )
         return self.memory_manager.plan(make_loss, params, args)
+
+    def optimize_training_step(
+        self,
+        make_loss: Callable[[RematCandidate], Callable[[Any, Any], Any]],
+        params: Any,
+        args: Any,
+        optimizer: Any,
+    ) -> OptimizedModel:
+        """A training step ``step(params, opt_state, args) -> (params, opt_state, loss)``.
+
+        With ``gpu_memory_optimization=True`` the memory manager first compiles the gradient
+        program of every rematerialization candidate at these shapes and keeps the one with
+        the least temporary memory within its FLOPs bound and never above no
+        rematerialization (:func:`~opifex.optimization._production._remat.choose_remat`);
+        with a memory budget it also accumulates gradients over the fewest micro-batches that
+        fit. The step then donates the ``params`` and ``opt_state`` buffers, so callers must
+        not reuse the arrays they pass in. With ``gpu_memory_optimization=False`` the step is
+        ``make_loss(NO_REMAT)`` as written, without donation. Either way the step goes through
+        the adaptive JIT (no batch bucketing: padding would change a mean loss), and
+        :attr:`OptimizedModel.metrics` reports the plan's measured memory and FLOPs.
+
+        Args:
+            make_loss: builds ``loss(params, args) -> scalar`` for a
+                :class:`RematCandidate` (usually by passing it to ``scan_layers``).
+            params: example parameters (arrays or ``jax.ShapeDtypeStruct``; nothing runs).
+            args: example batch, the shapes the step will be called with.
+            optimizer: an ``optax.GradientTransformation``.
+
+        Returns:
+            The :class:`OptimizedModel` of the step; nothing has run yet.
+
+        Raises:
+            TypeError: when ``make_loss`` is not callable or ``optimizer`` is not an optax
+                transformation.
+        """
+        import optax
+
+        if not callable(make_loss):
+            raise TypeError(f"make_loss must be callable, got {type(make_loss).__name__}.")
+        if not hasattr(optimizer, "update") or not hasattr(optimizer, "init"):
+            raise TypeError(
+                "optimizer must be an optax.GradientTransformation, got "
+                f"{type(optimizer).__name__}."
+            )
+        manager = self.memory_manager
+        if manager is None:
+            plan, candidate, donate = None, NO_REMAT, False
+            grad_fn = jax.value_and_grad(make_loss(NO_REMAT))
+        else:
+            plan = manager.plan(make_loss, params, args)
+            candidate, donate, grad_fn = plan.remat.chosen_candidate, manager.donate, plan.grad_fn
+
+        def step(params: Any, opt_state: Any, args: Any) -> tuple[Any, Any, Any]:
+            loss, grads = grad_fn(params, args)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        jit = AdaptiveJit(
+            step,
+            mode="auto" if self.adaptive_jit else "always",
+            probe_calls=self.probe_calls,
+            expected_calls=self.expected_calls,
+            donate_argnums=(0, 1) if donate else (),
+        )
+        return OptimizedModel(jit, memory_plan=plan, memory_policy=candidate.name, donated=donate)

@@ -1,17 +1,24 @@
-"""The platform front door: the documented call, measured metrics, NNX models, bad input."""
+"""The platform front door: documented call, metrics, NNX models, training steps, bad input."""
 
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from opifex.optimization.production import (
+    NO_REMAT,
     HybridPerformancePlatform,
     IntelligentGPUMemoryManager,
     PerformanceMetrics,
+    RematCandidate,
+    scan_layers,
 )
+
+FULL = RematCandidate("per-layer", "nothing_saveable")
 
 
 def test_documented_call_and_measured_metrics():
@@ -82,3 +89,114 @@ def test_bad_settings_raise(kwargs, error, match):
 def test_bad_target_raises():
     with pytest.raises(TypeError, match="target must be a function or an nnx"):
         HybridPerformancePlatform().optimize(42)
+
+
+def _tiny_problem(layers=4, width=6, batch=8):
+    rng = np.random.default_rng(3)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(layers, width, width)) / np.sqrt(width)),
+        "b": jnp.full((layers, width), 0.1),
+    }
+    args = (jnp.asarray(rng.normal(size=(batch, width))), jnp.asarray(rng.normal(size=(batch,))))
+
+    def make_loss(remat):
+        def loss(p, xy):
+            h = scan_layers(lambda h, q: jnp.tanh(h @ q["w"] + q["b"]), p, xy[0], remat)
+            return jnp.mean((h.sum(axis=1) - xy[1]) ** 2)
+
+        return loss
+
+    return make_loss, params, args
+
+
+def _hand_steps(make_loss, params, args, opt, n):
+    """Plain optax loop on the un-rematerialized loss."""
+    state = opt.init(params)
+    losses = []
+    value_and_grad = jax.jit(jax.value_and_grad(make_loss(NO_REMAT)))
+    for _ in range(n):
+        loss, grads = value_and_grad(params, args)
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        losses.append(float(loss))
+    return params, losses
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.array, tree)
+
+
+def test_training_step_applies_the_memory_plan_and_donates():
+    make_loss, params, args = _tiny_problem()
+    opt = optax.adam(0.05)
+    manager = IntelligentGPUMemoryManager(candidates=[NO_REMAT, FULL])
+    platform = HybridPerformancePlatform(probe_calls=2, memory_manager=manager)
+    step = platform.optimize_training_step(make_loss, params, args, opt)
+    p, state, losses = _copy(params), opt.init(params), []
+    for _ in range(5):  # 2 eager probes, 2 compiled probes, then the decision's mode
+        given = p
+        p, state, loss = step(p, state, args)
+        losses.append(float(loss))
+    want, want_losses = _hand_steps(make_loss, params, args, opt, 5)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-10)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+    m = step.metrics
+    plan = step.memory_plan
+    rows = {r.candidate.name: r.cost for r in plan.remat.rows}
+    assert m.memory_policy == plan.remat.chosen_candidate.name
+    assert m.baseline_temp_bytes == rows["no remat"].temp_bytes
+    assert m.remat_temp_bytes == rows[m.memory_policy].temp_bytes <= m.baseline_temp_bytes
+    assert m.remat_flops_ratio == pytest.approx(
+        rows[m.memory_policy].flops / rows["no remat"].flops
+    )
+    assert m.micro_batches == 1 and m.donated and m.calls == 5
+    if m.decision == "jit":
+        assert all(leaf.is_deleted() for leaf in jax.tree.leaves(given))
+
+
+def test_training_step_without_memory_optimization_is_the_baseline():
+    make_loss, params, args = _tiny_problem()
+    opt = optax.sgd(0.1)
+    platform = HybridPerformancePlatform(gpu_memory_optimization=False, adaptive_jit=False)
+    step = platform.optimize_training_step(make_loss, params, args, opt)
+    new, _, loss = step(params, opt.init(params), args)
+    want, want_losses = _hand_steps(make_loss, params, args, opt, 1)
+    assert float(loss) == pytest.approx(want_losses[0], rel=1e-12)
+    np.testing.assert_allclose(np.asarray(new["w"]), np.asarray(want["w"]), rtol=1e-10)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(params))  # no donation
+    m = step.metrics
+    assert (m.memory_policy, m.donated, m.compiled_calls) == ("no remat", False, 1)
+    assert m.baseline_temp_bytes is None and m.remat_temp_bytes is None
+    assert step.memory_plan is None
+
+
+def test_training_step_budget_splits_into_exact_micro_batches():
+    make_loss, params, args = _tiny_problem(batch=8)
+    opt = optax.sgd(0.1)
+    free = IntelligentGPUMemoryManager(candidates=[NO_REMAT]).plan(make_loss, params, args)
+    tight = free.remat.rows[0].cost.temp_bytes // 2
+    manager = IntelligentGPUMemoryManager(candidates=[NO_REMAT], memory_budget_bytes=tight)
+    platform = HybridPerformancePlatform(adaptive_jit=False, memory_manager=manager)
+    step = platform.optimize_training_step(make_loss, params, args, opt)
+    new, _, loss = step(_copy(params), opt.init(params), args)
+    want, want_losses = _hand_steps(make_loss, params, args, opt, 1)
+    assert step.metrics.micro_batches > 1
+    assert step.memory_plan.micro_batches.chosen_cost.temp_bytes <= tight
+    assert float(loss) == pytest.approx(want_losses[0], rel=1e-10)
+    np.testing.assert_allclose(np.asarray(new["w"]), np.asarray(want["w"]), rtol=1e-9)
+
+
+def test_training_step_bad_input_raises():
+    make_loss, params, args = _tiny_problem()
+    platform = HybridPerformancePlatform(memory_manager=IntelligentGPUMemoryManager())
+    with pytest.raises(TypeError, match="optimizer must be an optax"):
+        platform.optimize_training_step(make_loss, params, args, object())
+    with pytest.raises(TypeError, match="make_loss must be callable"):
+        platform.optimize_training_step(None, params, args, optax.sgd(0.1))
+    with pytest.raises(TypeError, match="memory_manager must be an IntelligentGPUMemoryManager"):
+        HybridPerformancePlatform(memory_manager="big")
+    with pytest.raises(ValueError, match="gpu_memory_optimization=False"):
+        HybridPerformancePlatform(
+            gpu_memory_optimization=False, memory_manager=IntelligentGPUMemoryManager()
+        )
