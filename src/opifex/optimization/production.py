@@ -7,7 +7,8 @@ measured saving pays for the compilation (the rule is stated in
 measured from the running program: timings by its clock, compilations and persistent-cache hits
 from ``jax.monitoring`` events, memory from XLA's ``memory_analysis()``.
 :class:`IntelligentGPUMemoryManager` chooses rematerialization, micro-batching and donation for
-a training step from XLA's analyses.
+a training step from XLA's analyses; :meth:`HybridPerformancePlatform.optimize_training_step`
+applies its plan when the platform is built with ``gpu_memory_optimization=True``.
 """
 
 from __future__ import annotations

@@ -131,6 +131,18 @@ def test_scaler_is_ahead_of_demand_on_a_noiseless_series():
     np.testing.assert_array_equal(plan.replicas[t], expected)
 
 
+def test_reactive_floor_keeps_what_the_last_load_needs():
+    y = _seasonal(60, a=12.0)
+    t = np.arange(30, 59)
+    for floor in (1.0, 0.8):
+        plan = PredictiveScaler(_config(floor_utilization=floor)).plan(y)
+        # Exact forecasts (zero errors): the forecast term is y[t + 1].
+        need = np.maximum(y[t + 1], y[t] / floor)
+        np.testing.assert_array_equal(plan.replicas[t], np.ceil(need / 2.0 - 1e-9))
+    plain = PredictiveScaler(_config()).plan(y).replicas[t]
+    assert (plan.replicas[t] > plain).any()
+
+
 def test_scaler_never_scales_in_within_the_stabilization_window():
     y = _seasonal(80, a=12.0) + np.random.default_rng(3).normal(0, 1.0, 80)
     y[50] += 30.0  # a spike the forecaster will chase
@@ -161,6 +173,7 @@ def test_headroom_quantile_trades_replicas_for_overloads():
         ({"provisioning_delay": 0}, "provisioning_delay must be an int >= 1"),
         ({"max_replicas": 0}, "max_replicas must be an int >= 1"),
         ({"stabilization_steps": 2.5}, "stabilization_steps must be an int"),
+        ({"floor_utilization": 0.0}, "floor_utilization must be a number > 0, got 0.0"),
     ],
 )
 def test_bad_scaler_config_raises(changes, message):

@@ -117,16 +117,44 @@ def holt_winters_forecast(
 _jit_filter = jax.jit(_hw_filter, static_argnums=(2, 3))
 
 
-def _sse(y, w, m):
-    one_step = _hw_filter(y, jnp.broadcast_to(w, (y.shape[0], 3)), m, 1)[:, 0]
-    err = y[2 * m :] - one_step[2 * m - 1 : -1]
-    return jnp.sum(err * err)
-
-
 @jax.jit
 def _argmin_grid(y, grid, m_marker):
+    """Per series of ``y (K, L)``, the grid row with the least one-step SSE over ``t >= 2m``.
+
+    The recursion of :func:`_hw_filter` with every (series, candidate) pair as one batch
+    dimension of the carry, accumulating the squared error instead of storing forecasts:
+    the same numbers, one small scan to compile. The one-step forecast of ``y_t`` is read
+    from the state before ``y_t`` updates it.
+    """
     m = m_marker.shape[0]
-    sse = jax.vmap(lambda yy: jax.vmap(lambda w: _sse(yy, w, m))(grid))(y)
+    k, n = y.shape
+    c = (m - 1) / 2
+    mean1, mean2 = jnp.mean(y[:, :m], axis=1), jnp.mean(y[:, m : 2 * m], axis=1)
+    trend = (mean2 - mean1) / m
+    season = y[:, :m] - (mean1[:, None] + trend[:, None] * (jnp.arange(m) - c))
+    level = mean1 + trend * (m - 1 - c)
+    shape = (k, grid.shape[0])
+    carry = (
+        jnp.broadcast_to(level[:, None], shape),
+        jnp.broadcast_to(trend[:, None], shape),
+        jnp.broadcast_to(season[:, None, :], (*shape, m)),
+        jnp.zeros(shape, y.dtype),
+    )
+    alpha, beta, gamma = grid[:, 0], grid[:, 1], grid[:, 2]
+
+    def body(carry, inp):
+        level, trend, season, sse = carry
+        t, y_t = inp
+        phase = t % m
+        s_old = season[..., phase]
+        err = y_t[:, None] - (level + trend + s_old)
+        sse = sse + jnp.where(t >= 2 * m, err * err, 0.0)
+        new_level = alpha * (y_t[:, None] - s_old) + (1 - alpha) * (level + trend)
+        new_trend = beta * (new_level - level) + (1 - beta) * trend
+        new_s = gamma * (y_t[:, None] - level - trend) + (1 - gamma) * s_old
+        return (new_level, new_trend, season.at[..., phase].set(new_s), sse), None
+
+    (*_, sse), _ = jax.lax.scan(body, carry, (jnp.arange(m, n), y[:, m:].T))
     return grid[jnp.argmin(jnp.where(jnp.isfinite(sse), sse, jnp.inf), axis=-1)]
 
 
@@ -203,7 +231,8 @@ def rolling_holt_winters(
     smoothing = np.tile(np.asarray(_UNFIT), (n, 1))
     starts = np.arange(fit_window, n, refit_every)
     if starts.size:
-        windows = np.stack([np.asarray(arr[k - fit_window : k]) for k in starts])
+        host = np.asarray(arr)
+        windows = np.stack([host[k - fit_window : k] for k in starts])
         fits = np.asarray(fit_holt_winters(windows, season_length=season_length, grid=grid))
         for k, w in zip(starts, fits, strict=True):
             smoothing[k:] = w

@@ -356,7 +356,7 @@ class PredictiveScaler:
     Example:
         >>> cfg = PredictiveScalerConfig(capacity_per_replica=2.0, season_length=4,
         ...                              fit_window=12, refit_every=8, error_window=8)
-        >>> y = jnp.tile(jnp.array([2.0, 6.0, 10.0, 6.0]), 10)
+        >>> y = np.tile([2.0, 6.0, 10.0, 6.0], 10)
         >>> plan = PredictiveScaler(cfg).plan(y)
         >>> [int(r) for r in plan.replicas[-4:]]  # ahead of loads 2, 6, 10, 6
         [3, 5, 3, 1]
