@@ -70,3 +70,25 @@ def test_bad_input_is_reported_clearly():
         det.detect(np.ones((10, 10)))
     with pytest.raises(ValueError, match="nan_policy"):
         det.detect(x, nan_policy="skip")
+
+
+def test_context_set_detector_flags_an_injected_novel_pattern():
+    rng = np.random.default_rng(3)
+    x = np.sin(2 * np.pi * np.arange(3000) / 40) + 0.02 * rng.normal(size=3000)
+    # a zig-zag inside the normal range: every value is familiar, its context is not
+    x[2000:2010] = np.tile([0.8, -0.8], 5)
+    s = det.context_set_scores(x, levels=8, max_left=7)
+    peak = int(np.argmax(s[1000:])) + 1000
+    assert 2000 <= peak < 2012 and s[peak] >= 0.75
+    # the rest period (CAD OSE: 0.03 n = 90 points) silences the aftermath of the alert
+    assert s[peak + 1 : peak + 90].max() == 0.0
+    assert s[1000:1990].max() < 0.5
+
+
+def test_context_set_detector_is_causal_and_rejects_bad_levels():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=600).cumsum()
+    full = det.context_set_scores(x, rest_period=20)
+    np.testing.assert_array_equal(det.context_set_scores(x[:400], rest_period=20), full[:400])
+    with pytest.raises(ValueError, match=r"levels must be in 2\.\.32"):
+        det.context_set_scores(x, levels=40)

@@ -143,6 +143,27 @@ def test_reactive_floor_keeps_what_the_last_load_needs():
     assert (plan.replicas[t] > plain).any()
 
 
+def test_phase_conditioned_headroom_matches_a_plain_quantile():
+    m, window, q, cap = 5, 20, 0.8, 2.0
+    y = _seasonal(90, a=20.0) * (1 + 0.2 * np.random.default_rng(5).standard_normal(90))
+    cfg = _config(phase_window=1, error_window=window, headroom_quantile=q)
+    plan = PredictiveScaler(cfg).plan(y)
+    fc = plan.forecasts[:, 0]
+    for t in range(40, 89):
+        errs = []
+        for u in range(t - window + 1, t + 1):
+            gap = (u - t - 1) % m
+            if np.isfinite(fc[u - 1]) and min(gap, m - gap) <= 1:
+                errs.append((y[u] - fc[u - 1]) / max(fc[u - 1], cap))
+        assert len(errs) == 12  # 3 of 5 phases in 20 steps
+        np.testing.assert_allclose(plan.upper[t, 0], fc[t] * (1 + np.quantile(errs, q)))
+    wide = PredictiveScaler(cfg.replace(phase_window=2)).plan(y)
+    np.testing.assert_allclose(
+        wide.upper, PredictiveScaler(cfg.replace(phase_window=None)).plan(y).upper
+    )
+    assert not np.allclose(plan.upper[40:], wide.upper[40:])
+
+
 def test_scaler_never_scales_in_within_the_stabilization_window():
     y = _seasonal(80, a=12.0) + np.random.default_rng(3).normal(0, 1.0, 80)
     y[50] += 30.0  # a spike the forecaster will chase
@@ -174,6 +195,7 @@ def test_headroom_quantile_trades_replicas_for_overloads():
         ({"max_replicas": 0}, "max_replicas must be an int >= 1"),
         ({"stabilization_steps": 2.5}, "stabilization_steps must be an int"),
         ({"floor_utilization": 0.0}, "floor_utilization must be a number > 0, got 0.0"),
+        ({"phase_window": -1}, "phase_window must be an int >= 0, got -1"),
     ],
 )
 def test_bad_scaler_config_raises(changes, message):

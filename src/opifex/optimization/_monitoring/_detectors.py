@@ -13,6 +13,9 @@ a prefix gives the same scores as running it live. Each returns a float64 array 
   first ``learn`` points; the score is the fraction of contexts ``(level_t, level_{t-j})``,
   ``j = 1..lags``, plus the pair ``(level_t, level_{t-1}, level_{t-2})`` never seen before ``t``
   (the idea of contextual anomaly detectors such as CAD OSE, Smirnov 2016; our own design).
+- :func:`context_set_scores`: a CAD-OSE-like detector (Smirnov & Kozhevnikov, NAB 2016): levels
+  over the running min/max; contexts are (set of distinct recent levels, current level); the
+  score is the fraction of contexts never seen before, silenced for a rest period after an alert.
 - :func:`ensemble_scores`: the weighted maximum of the three, then :func:`suppress_repeats`
   (a point is reported only when it beats every score of the previous ``period`` points, so a
   sustained anomaly raises one alert instead of a stream).
@@ -204,6 +207,79 @@ def contextual_novelty_scores(
     p2 = np.concatenate([level[:2], level[:-2]])
     novel.append(_first_seen((level * base + p1) * base + p2))
     return np.mean(novel, axis=0)
+
+
+def context_set_scores(
+    values: np.ndarray,
+    *,
+    levels: int = 8,
+    max_left: int = 7,
+    rest_period: int | None = None,
+    rest_threshold: float = 0.75,
+) -> np.ndarray:
+    """Contextual anomaly detector with unordered context sets, after CAD OSE.
+
+    Each value is quantised into ``levels`` bins of the running min/max of the points so far
+    (causal: later extremes never re-quantise earlier points). For ``k = 1..max_left`` the
+    context ``(L_k, q_t)`` pairs the SET ``L_k`` of distinct levels among the previous ``k``
+    points (order forgotten, so a pattern that recurs with jitter in its timing is still
+    familiar) with the current level ``q_t``. The raw score is the fraction of the ``max_left``
+    contexts never seen before ``t``; as in CAD OSE, it is reported only when no raw score of
+    the previous ``rest_period`` points reached ``rest_threshold`` (one alert per event).
+
+    Args:
+        values: The series.
+        levels: Quantisation levels, ``2..32``.
+        max_left: Longest left context (number of previous points summarised as a set).
+        rest_period: Points silenced after a raw score ``>= rest_threshold`` (default: CAD
+            OSE's ``min(150, max(1, round(0.03 n)))``).
+        rest_threshold: Raw score that starts a rest period.
+
+    Returns:
+        float64 scores in [0, 1].
+
+    Raises:
+        ValueError: Bad series, ``levels`` outside ``2..32`` or ``max_left < 1``.
+
+    References:
+        Smirnov M., Kozhevnikov D., "Contextual Anomaly Detector, open-source edition",
+        Numenta Anomaly Benchmark, 2016 (NAB detector ``contextOSE``).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.tile([0.0, 1.0, 2.0, 3.0, 2.0, 1.0], 100)
+        >>> x[400] = 0.0
+        >>> s = context_set_scores(x, rest_period=10)
+        >>> int(np.argmax(s[100:])) + 100
+        400
+    """
+    x, _ = check_series(values)
+    n = x.shape[0]
+    if not 2 <= levels <= 32 or max_left < 1:
+        raise ValueError(
+            f"levels must be in 2..32 and max_left >= 1, got levels={levels}, "
+            f"max_left={max_left}; each (level set, level) context is packed into one int64."
+        )
+    rest = int(min(150, max(1, round(0.03 * n)))) if rest_period is None else int(rest_period)
+    lo = np.minimum.accumulate(x)
+    span = np.maximum.accumulate(x) - lo
+    # a flat prefix has no range yet: every point sits on the bottom level
+    unit = np.where(span > 0, span, 1.0) / levels
+    q = np.clip(np.floor((x - lo) / unit), 0, levels - 1).astype(np.int64)
+    bit = np.left_shift(np.int64(1), q)
+    left = np.zeros(n, dtype=np.int64)
+    novel = np.zeros(n)
+    for k in range(1, max_left + 1):
+        left[k:] |= bit[:-k]
+        new = _first_seen(left * levels + q)
+        new[:k] = False  # the first k points have an incomplete left context
+        novel += new
+    raw = novel / max_left
+    if rest < 1:
+        return raw
+    padded = np.concatenate([np.zeros(rest), raw])
+    previous_max = sliding_window_view(padded[:-1], rest).max(axis=1)
+    return np.where(previous_max < rest_threshold, raw, 0.0)
 
 
 def suppress_repeats(scores: np.ndarray, period: int) -> np.ndarray:

@@ -286,6 +286,10 @@ class PredictiveScalerConfig:
         headroom_quantile: Quantile in ``[0, 1]`` of past relative forecast errors added on
             top of the forecast (higher: fewer overloads, more replicas).
         error_window: Past errors per horizon that the quantile is taken over.
+        phase_window: If set, the quantile only takes the errors (of the last
+            ``error_window``) whose target step is within this many steps of the forecast
+            target's seasonal phase (circularly), so headroom follows the time of day
+            (``None``: all errors).
         fit_window: Steps each smoothing fit sees (``>= 2 * season_length + 1``).
         refit_every: Steps between smoothing refits.
         floor_utilization: Reactive floor: never recommend fewer than
@@ -302,6 +306,7 @@ class PredictiveScalerConfig:
     stabilization_steps: int = 1
     headroom_quantile: float = 0.9
     error_window: int = 200
+    phase_window: int | None = None
     fit_window: int = 200
     refit_every: int = 100
     floor_utilization: float | None = None
@@ -319,6 +324,8 @@ class PredictiveScalerConfig:
         if not (isinstance(q, (int, float)) and not isinstance(q, bool) and 0 <= q <= 1):
             _fail("headroom_quantile", q, "a float in [0, 1]")
         _int_at_least("error_window", self.error_window, 1)
+        if self.phase_window is not None:
+            _int_at_least("phase_window", self.phase_window, 0)
         _int_at_least("fit_window", self.fit_window, 2 * self.season_length + 1)
         _int_at_least("refit_every", self.refit_every, 1)
         _replica_bounds(self.min_replicas, self.max_replicas)
@@ -345,8 +352,10 @@ class PredictiveScaler:
     ``error_window`` relative errors of that horizon already observed at ``t``,
     ``u_h = yhat_{t+h|t} (1 + Q_q[(y_{s+h} - yhat_{s+h|s}) / max(yhat_{s+h|s}, c)])`` with
     ``s + h <= t`` and ``c`` the capacity per replica (so near-zero forecasts do not blow the
-    ratio up); recommend ``r_t = ceil(max(max_h u_h, y_t / f) / c)`` within the replica bounds
-    (``f`` the floor utilisation; no ``y_t`` term without a floor), and request
+    ratio up; with ``phase_window`` only ``s`` with ``s + h`` near ``t + h`` in the season,
+    as the errors of a daily load are larger at some hours than others); recommend
+    ``r_t = ceil(max(max_h u_h, y_t / f) / c)`` within the replica bounds (``f`` the floor
+    utilisation; no ``y_t`` term without a floor), and request
     the largest ``r`` of the last ``stabilization_steps`` steps, so it never scales in while a
     higher recommendation is inside the window. Before forecasts exist it follows the load.
 
@@ -409,6 +418,12 @@ class PredictiveScaler:
             known = np.full(n + c.error_window - 1, np.nan)
             known[c.error_window - 1 + h :] = rel  # the error of s is known at t = s + h
             windows = np.lib.stride_tricks.sliding_window_view(known, c.error_window)
+            if c.phase_window is not None:
+                # Column j of row t holds the error of target u = t - W + 1 + j; its phase
+                # offset from the target t + h is the same for every row.
+                d = (np.arange(c.error_window) - c.error_window + 1 - h) % c.season_length
+                near = np.minimum(d, c.season_length - d) <= c.phase_window
+                windows = np.where(near, windows, np.nan)
             counts = np.sum(np.isfinite(windows), axis=1)
             filled = np.where(np.isfinite(windows), windows, -np.inf)
             ordered = np.sort(filled, axis=1)
