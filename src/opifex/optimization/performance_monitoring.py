@@ -23,6 +23,7 @@ Example:
 from opifex.optimization._monitoring._detectors import (
     Alert,
     DetectionResult,
+    context_set_scores,
     contextual_novelty_scores,
     cusum_scores,
     detect,
@@ -77,6 +78,7 @@ __all__ = [
     "StepRecord",
     "StoreHealth",
     "check_metric_name",
+    "context_set_scores",
     "contextual_novelty_scores",
     "cusum_scores",
     "detect",
