@@ -92,3 +92,16 @@ def test_context_set_detector_is_causal_and_rejects_bad_levels():
     np.testing.assert_array_equal(det.context_set_scores(x[:400], rest_period=20), full[:400])
     with pytest.raises(ValueError, match=r"levels must be in 2\.\.32"):
         det.context_set_scores(x, levels=40)
+
+
+def test_context_set_probation_bins_are_causal_past_the_probation_window():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=600).cumsum()
+    full = det.context_set_scores(x, rest_period=20, probation=90)
+    for m in (91, 250, 599):
+        prefix = det.context_set_scores(x[:m], rest_period=20, probation=90)
+        np.testing.assert_array_equal(prefix, full[:m])
+    # the running-range variant differs: the walk leaves the probation range after point 90
+    assert not np.array_equal(full, det.context_set_scores(x, rest_period=20))
+    with pytest.raises(ValueError, match="probation must be None or >= 2"):
+        det.context_set_scores(x, probation=1)

@@ -120,9 +120,10 @@ def _held_out_total(curves: np.ndarray, groups: list[int]) -> tuple[float, np.nd
 def _grid() -> list[dict]:
     """Detector configurations searched (held out with the threshold, never on the scored file).
 
-    The grid is fixed in advance: the contextual-novelty ensemble's 24 configs plus four of the
+    The grid is fixed in advance: the contextual-novelty ensemble's 24 configs plus eight of the
     CAD-OSE-like context-set detector (CAD OSE's rest period and rest threshold, 8 or 16 levels,
-    left contexts of up to 4 or 7 points).
+    left contexts of up to 4 or 7 points, bins over the running range or fixed by NAB's
+    probation window, ``min(0.15 n, 750)`` points, with a 10% margin and overflow levels).
     """
     novelty = [
         {"bins": b, "lags": lag, "suppress": sup, "robust_weight": w}
@@ -132,7 +133,10 @@ def _grid() -> list[dict]:
         for w in (0.0, 0.5)
     ]
     context_sets = [
-        {"kind": "context_set", "levels": lv, "max_left": m} for lv in (8, 16) for m in (4, 7)
+        {"kind": "context_set", "levels": lv, "max_left": m, "probation_bins": pb}
+        for pb in (False, True)
+        for lv in (8, 16)
+        for m in (4, 7)
     ]
     return novelty + context_sets
 
@@ -144,8 +148,12 @@ def _grid_scores(values: np.ndarray, grid: list[dict]) -> list[np.ndarray]:
     out = []
     for cfg in grid:
         if cfg.get("kind") == "context_set":
+            n = values.shape[0]
+            probation = int(min(np.floor(0.15 * n), 750)) if cfg["probation_bins"] else None
             out.append(
-                det.context_set_scores(values, levels=cfg["levels"], max_left=cfg["max_left"])
+                det.context_set_scores(
+                    values, levels=cfg["levels"], max_left=cfg["max_left"], probation=probation
+                )
             )
             continue
         key = (cfg["bins"], cfg["lags"])

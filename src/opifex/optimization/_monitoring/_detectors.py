@@ -216,6 +216,8 @@ def context_set_scores(
     max_left: int = 7,
     rest_period: int | None = None,
     rest_threshold: float = 0.75,
+    probation: int | None = None,
+    margin: float = 0.1,
 ) -> np.ndarray:
     """Contextual anomaly detector with unordered context sets, after CAD OSE.
 
@@ -227,6 +229,11 @@ def context_set_scores(
     contexts never seen before ``t``; as in CAD OSE, it is reported only when no raw score of
     the previous ``rest_period`` points reached ``rest_threshold`` (one alert per event).
 
+    With ``probation`` set, the ``levels`` bins instead span the range of the first
+    ``probation`` points widened by ``margin`` of that range on each side, plus one overflow
+    level below and one above (so bins never move once the probation window has passed;
+    scores inside the window use the whole window's range, which NAB never scores).
+
     Args:
         values: The series.
         levels: Quantisation levels, ``2..32``.
@@ -234,12 +241,15 @@ def context_set_scores(
         rest_period: Points silenced after a raw score ``>= rest_threshold`` (default: CAD
             OSE's ``min(150, max(1, round(0.03 n)))``).
         rest_threshold: Raw score that starts a rest period.
+        probation: Points whose range fixes the bins (``None``: the running min/max).
+        margin: Fraction of the probation range added on each side before binning.
 
     Returns:
         float64 scores in [0, 1].
 
     Raises:
-        ValueError: Bad series, ``levels`` outside ``2..32`` or ``max_left < 1``.
+        ValueError: Bad series, ``levels`` outside ``2..32``, ``max_left < 1``,
+            ``probation < 2`` or ``margin < 0``.
 
     References:
         Smirnov M., Kozhevnikov D., "Contextual Anomaly Detector, open-source edition",
@@ -260,18 +270,33 @@ def context_set_scores(
             f"levels must be in 2..32 and max_left >= 1, got levels={levels}, "
             f"max_left={max_left}; each (level set, level) context is packed into one int64."
         )
+    if (probation is not None and probation < 2) or margin < 0:
+        raise ValueError(
+            f"probation must be None or >= 2 and margin >= 0, got probation={probation}, "
+            f"margin={margin}; pass the number of leading points that fix the bins."
+        )
     rest = int(min(150, max(1, round(0.03 * n)))) if rest_period is None else int(rest_period)
-    lo = np.minimum.accumulate(x)
-    span = np.maximum.accumulate(x) - lo
-    # a flat prefix has no range yet: every point sits on the bottom level
-    unit = np.where(span > 0, span, 1.0) / levels
-    q = np.clip(np.floor((x - lo) / unit), 0, levels - 1).astype(np.int64)
+    if probation is None:
+        lo = np.minimum.accumulate(x)
+        span = np.maximum.accumulate(x) - lo
+        # a flat prefix has no range yet: every point sits on the bottom level
+        unit = np.where(span > 0, span, 1.0) / levels
+        q = np.clip(np.floor((x - lo) / unit), 0, levels - 1).astype(np.int64)
+        codes = levels
+    else:
+        ref = x[:probation]
+        width = max(float(np.ptp(ref)), 1e-9 * max(1.0, abs(float(ref.max()))))
+        lo = ref.min() - margin * width
+        unit = width * (1.0 + 2.0 * margin) / levels
+        # level 0 and level levels + 1 collect everything below and above the widened range
+        q = np.clip(np.floor((x - lo) / unit) + 1, 0, levels + 1).astype(np.int64)
+        codes = levels + 2
     bit = np.left_shift(np.int64(1), q)
     left = np.zeros(n, dtype=np.int64)
     novel = np.zeros(n)
     for k in range(1, max_left + 1):
         left[k:] |= bit[:-k]
-        new = _first_seen(left * levels + q)
+        new = _first_seen(left * codes + q)
         new[:k] = False  # the first k points have an incomplete left context
         novel += new
     raw = novel / max_left
